@@ -1,0 +1,304 @@
+"""Shared fixtures: the real registry (TLS, optionally htpasswd), the git
+world the tool runs in, and the docker test double."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.machinery
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import bcrypt
+import imagetools
+import pytest
+import requests
+import trustme
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = ROOT / "docker_build"
+DOUBLE = Path(__file__).resolve().parent / "docker_double"
+
+# Controlled times: commits happen at T_COMMIT, images are made at T_IMAGE.
+T_COMMIT = 1767225600  # 2026-01-01T00:00:00Z
+T_IMAGE = 1769904000  # 2026-02-01T00:00:00Z
+T_LATER = 1772323200  # 2026-03-01T00:00:00Z
+
+USER = "builder"
+PASSWORD = "Canary-pw-7f3a9c"  # must never show up anywhere
+
+
+def load_tool() -> ModuleType:
+    """Import the executable (it has no .py suffix)."""
+    loader = importlib.machinery.SourceFileLoader("docker_build", str(TOOL))
+    spec = importlib.util.spec_from_loader("docker_build", loader)
+    assert spec
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def db() -> ModuleType:
+    return load_tool()
+
+
+# ----------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Tls:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
+    """A throwaway CA, trusted by requests (and dxf) in this process and in
+    every process started from it."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = Tls(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    ca.cert_pem.write_to_path(str(paths.ca_file))
+    cert.private_key_pem.write_to_path(str(paths.key_file))
+    for blob in cert.cert_chain_pems:
+        blob.write_to_path(str(paths.cert_file), append=True)
+    saved = os.environ.get("REQUESTS_CA_BUNDLE")
+    os.environ["REQUESTS_CA_BUNDLE"] = str(paths.ca_file)
+    yield paths
+    if saved is None:
+        del os.environ["REQUESTS_CA_BUNDLE"]
+    else:
+        os.environ["REQUESTS_CA_BUNDLE"] = saved
+
+
+@dataclasses.dataclass
+class Registry:
+    """A running docker-registry on 127.0.0.1."""
+
+    host: str
+    process: subprocess.Popen
+    login: tuple[str, str] | None = None
+
+    def push(self, reference: str, created: float, layers, **kwargs) -> None:
+        imagetools.push_image(
+            reference, imagetools.rfc3339(created), layers, login=self.login, **kwargs
+        )
+
+    def config(self, reference: str, platform: str = "linux/amd64") -> dict | None:
+        return imagetools.image_config(reference, platform, login=self.login)
+
+
+def start_registry(directory: Path, tls: Tls, htpasswd: Path | None) -> Registry:
+    port = free_port()
+    config = {
+        "version": 0.1,
+        "log": {"level": "error", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(directory / "data")},
+            "delete": {"enabled": True},
+        },
+        "http": {
+            "addr": f"127.0.0.1:{port}",
+            "tls": {"certificate": str(tls.cert_file), "key": str(tls.key_file)},
+        },
+    }
+    if htpasswd:
+        config["auth"] = {"htpasswd": {"realm": "test", "path": str(htpasswd)}}
+    config_file = directory / "config.yml"
+    config_file.write_text(json.dumps(config))  # JSON is YAML
+    log = open(directory / "registry.log", "wb")  # noqa: SIM115 - lives with the process
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config_file)], stdout=log, stderr=log
+    )
+    host = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"https://{host}/v2/", timeout=1, verify=str(tls.ca_file))
+            return Registry(host, process)
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("docker-registry did not start: " + str(directory))
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory, tls: Tls) -> Iterator[Registry]:
+    """An open registry over TLS."""
+    server = start_registry(tmp_path_factory.mktemp("registry"), tls, None)
+    yield server
+    server.process.terminate()
+    server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(
+    tmp_path_factory: pytest.TempPathFactory, tls: Tls
+) -> Iterator[Registry]:
+    """A registry with htpasswd basic auth for USER / PASSWORD."""
+    directory = tmp_path_factory.mktemp("auth_registry")
+    htpasswd = directory / "htpasswd"
+    digest = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"{USER}:{digest}\n")
+    server = start_registry(directory, tls, htpasswd)
+    server.login = (USER, PASSWORD)
+    yield server
+    server.process.terminate()
+    server.process.wait()
+
+
+# ----------------------------------------------------------------------------
+# The git world and the docker double
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class World:
+    """A project directory with a docker_images file, run like a user."""
+
+    root: Path
+    bin: Path
+    log: Path
+    registry: Registry
+    namespace: str  # a repository of its own on the registry
+    env: dict[str, str]
+
+    def write(self, name: str, text: str, mtime: float | None = None) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+        return path
+
+    def config(self, *lines: str, name: str = "docker_images") -> Path:
+        return self.write(name, "".join(line + "\n" for line in lines))
+
+    def dockerfile(self, directory: str, base: str, mtime: float | None = None) -> None:
+        self.write(f"{directory}/Dockerfile", f"FROM {base}\nCOPY . /\n", mtime)
+
+    def ref(self, name: str) -> str:
+        """Full name of an image in this world's namespace."""
+        return f"{self.namespace}/{name}"
+
+    def git(self, *args: str, when: float = T_COMMIT) -> str:
+        stamp = f"@{int(when)} +0000"
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_DATE": stamp,
+            "GIT_COMMITTER_DATE": stamp,
+            "GIT_AUTHOR_NAME": "Test",
+            "GIT_AUTHOR_EMAIL": "test@example.org",
+            "GIT_COMMITTER_NAME": "Test",
+            "GIT_COMMITTER_EMAIL": "test@example.org",
+        }
+        result = subprocess.run(
+            ["git", "-C", str(self.root), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout
+
+    def commit(self, when: float = T_COMMIT) -> None:
+        self.git("add", "-A", when=when)
+        self.git("commit", "-q", "--allow-empty", "-m", "change", when=when)
+
+    def run(self, *args: str, env: dict[str, str] | None = None, **kwargs):
+        return subprocess.run(
+            [str(TOOL), *args],
+            cwd=kwargs.pop("cwd", self.root),
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kwargs,
+        )
+
+    def calls(self) -> list[dict]:
+        """What the docker double was asked to do, in order."""
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def built(self) -> list[str]:
+        return [call["argv"][-2] for call in self.calls()]
+
+
+def make_world(tmp_path: Path, registry: Registry, request, use_git: bool) -> World:
+    root = tmp_path / "project"
+    root.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").symlink_to(DOUBLE)
+    log = tmp_path / "docker.log"
+    namespace = (
+        registry.host
+        + "/"
+        + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
+    )
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DOCKER_", "GIT_"))
+    }
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        DOCKER_DOUBLE_LOG=str(log),
+        DOCKER_REPOSITORY=namespace,
+        LC_ALL="C",
+    )
+    world = World(root, bin_dir, log, registry, namespace, env)
+    if use_git:
+        world.git("init", "-q")
+    return world
+
+
+@pytest.fixture
+def world(tmp_path: Path, registry: Registry, request) -> World:
+    """A git repository with its own namespace on the open registry."""
+    return make_world(tmp_path, registry, request, use_git=True)
+
+
+@pytest.fixture
+def plain_world(tmp_path: Path, registry: Registry, request) -> World:
+    """A project directory outside any git repository."""
+    return make_world(tmp_path, registry, request, use_git=False)
+
+
+@pytest.fixture
+def auth_world(tmp_path: Path, auth_registry: Registry, request) -> World:
+    """A git world on the basic-auth registry; the double logs in by a file,
+    the tool by DOCKER_LOGIN."""
+    world = make_world(tmp_path, auth_registry, request, use_git=True)
+    login_file = tmp_path / "double-login"
+    login_file.write_text(f"{USER} {PASSWORD}\n")
+    world.env["DOCKER_DOUBLE_LOGIN"] = str(login_file)
+    return world
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tools_present() -> None:
+    for tool in ("docker-registry", "git"):
+        if not shutil.which(tool):
+            pytest.exit(f"{tool} is not installed: run tests/run", returncode=3)
