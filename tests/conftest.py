@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,13 +43,10 @@ def load_tool() -> ModuleType:
     spec = importlib.util.spec_from_loader("docker_build", loader)
     assert spec
     module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while classes are made
+    sys.modules["docker_build"] = module
     loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="session")
-def db() -> ModuleType:
-    return load_tool()
 
 
 # ----------------------------------------------------------------------------

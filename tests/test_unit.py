@@ -1,0 +1,1460 @@
+"""Unit tests of docker_build's pure logic, checked against the reference.
+
+No network and no registry: registry look-ups come from a dict, and the
+registry client (dxf) is replaced by a fake where its error handling is
+tested. Files and git repositories live in tmp_path.
+"""
+
+import datetime
+import os
+import subprocess
+from typing import ClassVar
+
+import pytest
+import requests
+import requests.exceptions
+from conftest import load_tool
+
+db = load_tool()
+
+HUB = "registry-1.docker.io"
+HEX64 = "0123456789abcdef" * 4
+DIGEST = "sha256:" + HEX64
+UTC = datetime.timezone.utc
+CREATED = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def fatal_message(func, *args, code=1):
+    """Call func, expect db.Fatal with the exit code; return its message."""
+    with pytest.raises(db.Fatal) as info:
+        func(*args)
+    assert info.value.code == code
+    return str(info.value.message)
+
+
+def make_image(name="img", image=None, directory="d", base="alpine:latest", options=()):
+    return db.Image(name, image or name + ":latest", directory, base, options)
+
+
+# ----------------------------------------------------------------------------
+# parse_repository
+# ----------------------------------------------------------------------------
+
+VALID_REFERENCES = [
+    # Docker Hub: no host, docker.io (any case), official images get library/
+    ("img", (HUB, "library/img", "latest")),
+    ("user/img", (HUB, "user/img", "latest")),
+    ("docker.io/img", (HUB, "library/img", "latest")),
+    ("docker.io/user/img", (HUB, "user/img", "latest")),
+    ("DOCKER.IO/img", (HUB, "library/img", "latest")),
+    ("docker.io/library/img:1.0", (HUB, "library/img", "1.0")),
+    ("user/sub/img", (HUB, "user/sub/img", "latest")),
+    # the real Docker Hub host is not mapped: no library/ prefix
+    ("registry-1.docker.io/img", (HUB, "img", "latest")),
+    # hosts need a domain or a port; without them the part is a repo component
+    ("localhost:5000/a", ("localhost:5000", "a", "latest")),
+    ("localhost/a", (HUB, "localhost/a", "latest")),
+    ("a:5000/b", ("a:5000", "b", "latest")),
+    ("a.b/c", ("a.b", "c", "latest")),
+    ("a_b/c", (HUB, "a_b/c", "latest")),
+    ("ghcr.io/o/a:tag", ("ghcr.io", "o/a", "tag")),
+    ("GHCR.IO/o/a", ("ghcr.io", "o/a", "latest")),
+    ("Reg.Example.COM:443/x/y/z", ("reg.example.com:443", "x/y/z", "latest")),
+    ("my-host.example.com/a", ("my-host.example.com", "a", "latest")),
+    # separators inside a component
+    ("a.b", (HUB, "library/a.b", "latest")),
+    ("a_b", (HUB, "library/a_b", "latest")),
+    ("a__b", (HUB, "library/a__b", "latest")),
+    ("a-b", (HUB, "library/a-b", "latest")),
+    ("a---b", (HUB, "library/a---b", "latest")),
+    ("a0.b1_c2__d3-e4", (HUB, "library/a0.b1_c2__d3-e4", "latest")),
+    # tags: first char [A-Za-z0-9_], up to 128 chars, upper case allowed
+    ("img:Tag_1.0-rc", (HUB, "library/img", "Tag_1.0-rc")),
+    ("img:_x", (HUB, "library/img", "_x")),
+    ("img:" + "t" * 128, (HUB, "library/img", "t" * 128)),
+    # digests replace the tag; with several digests the last one wins
+    ("img@" + DIGEST, (HUB, "library/img", DIGEST)),
+    ("img:1.0@" + DIGEST, (HUB, "library/img", DIGEST)),
+    ("img@sha256:" + "a" * 32, (HUB, "library/img", "sha256:" + "a" * 32)),
+    (
+        "img@sha256+b64u.x_y-z:" + "0" * 32,
+        (HUB, "library/img", "sha256+b64u.x_y-z:" + "0" * 32),
+    ),
+    (
+        "img@sha256:" + "a" * 32 + "@sha512:" + "b" * 32,
+        (HUB, "library/img", "sha512:" + "b" * 32),
+    ),
+    ("ghcr.io/o/a:t@" + DIGEST, ("ghcr.io", "o/a", DIGEST)),
+    # length limit: len("docker.io") + len("library/" + repo) <= 254
+    ("a" * 237, (HUB, "library/" + "a" * 237, "latest")),
+    ("a" * 237 + ":" + "t" * 128, (HUB, "library/" + "a" * 237, "t" * 128)),
+    ("user/" + "a" * 240, (HUB, "user/" + "a" * 240, "latest")),
+    ("ghcr.io/" + "a" * 247, ("ghcr.io", "a" * 247, "latest")),
+    ("registry-1.docker.io/" + "a" * 234, (HUB, "a" * 234, "latest")),
+]
+
+
+@pytest.mark.parametrize(("reference", "expected"), VALID_REFERENCES)
+def test_parse_repository_valid(reference, expected):
+    assert db.parse_repository(reference) == expected
+
+
+INVALID_REFERENCES = [
+    "",
+    "Img",
+    "user/Img",
+    "GHCR.io/O/a",
+    "a___b",
+    "-a",
+    "a-",
+    "_a",
+    ".a",
+    "a..b",
+    "a.-b",
+    "a//b",
+    "/a",
+    "a/",
+    "img:",
+    "img:.tag",
+    "img:-tag",
+    "img:" + "t" * 129,
+    "img:tag:tag",
+    "img:ta/g",
+    "img@",
+    "img@sha256:" + "a" * 31,
+    "img@sha256:" + HEX64.upper(),
+    "img@:" + HEX64,
+    "img@" + HEX64,
+    "host:abc/a",
+    "-host.io/a",
+    "host-.io/a",
+    "a b",
+    "http://host/a",
+    "ghcr.io/",
+]
+
+
+@pytest.mark.parametrize("reference", INVALID_REFERENCES)
+def test_parse_repository_invalid_format(reference):
+    with pytest.raises(ValueError) as info:
+        db.parse_repository(reference)
+    assert str(info.value) == "invalid reference format"
+
+
+TOO_LONG_REFERENCES = [
+    "a" * 238,  # 9 + 8 + 238 = 255
+    "a" * 238 + ":tag",
+    "DOCKER.IO/" + "a" * 238,
+    "user/" + "a" * 241,  # 9 + 246
+    "ghcr.io/" + "a" * 248,  # 7 + 248
+    "registry-1.docker.io/" + "a" * 235,  # 20 + 235
+]
+
+
+@pytest.mark.parametrize("reference", TOO_LONG_REFERENCES)
+def test_parse_repository_too_long(reference):
+    with pytest.raises(ValueError) as info:
+        db.parse_repository(reference)
+    assert str(info.value) == "repository name must not be more than 255 characters"
+
+
+# ----------------------------------------------------------------------------
+# image_add_tag, full_image_name, expand_base_image
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("img", "img:latest"),
+        ("img:1.0", "img:1.0"),
+        ("img@" + DIGEST, "img@" + DIGEST),
+        ("ghcr.io/o/img", "ghcr.io/o/img:latest"),
+        ("localhost:5000/img", "localhost:5000/img:latest"),
+        ("localhost:5000/img:2", "localhost:5000/img:2"),
+        ("$DOCKER_REPOSITORY/base", "$DOCKER_REPOSITORY/base:latest"),
+        ("scratch", "scratch"),
+        ("NONE", "NONE"),
+        ("none", "none:latest"),
+        ("user/scratch", "user/scratch:latest"),
+    ],
+)
+def test_image_add_tag(name, expected):
+    assert db.image_add_tag(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "repository", "expected"),
+    [
+        ("ghcr.io/o/img:1", None, "ghcr.io/o/img:1"),
+        ("user/img:latest", "ghcr.io/o", "user/img:latest"),
+        ("img:1", "ghcr.io/o", "ghcr.io/o/img:1"),
+        ("img", "docker.io/user", "docker.io/user/img"),
+    ],
+)
+def test_full_image_name(name, repository, expected):
+    assert db.full_image_name(name, repository) == expected
+
+
+@pytest.mark.parametrize("repository", [None, ""])
+def test_full_image_name_without_repository(repository):
+    with pytest.raises(ValueError) as info:
+        db.full_image_name("img:1", repository)
+    assert str(info.value) == "img:1: Missing default repository"
+
+
+@pytest.mark.parametrize(
+    ("base", "target", "expected"),
+    [
+        (
+            "$DOCKER_REPOSITORY/base:latest",
+            "ghcr.io/o/img:latest",
+            ("ghcr.io/o/base:latest", ["--build-arg", "DOCKER_REPOSITORY=ghcr.io/o"]),
+        ),
+        (
+            "${DOCKER_REPOSITORY}/b:1",
+            "docker.io/user/img:latest",
+            ("docker.io/user/b:1", ["--build-arg", "DOCKER_REPOSITORY=docker.io/user"]),
+        ),
+        (
+            "$DOCKER_REPOSITORY/a/b:2",
+            "localhost:5000/x/y/img:latest",
+            (
+                "localhost:5000/x/y/a/b:2",
+                ["--build-arg", "DOCKER_REPOSITORY=localhost:5000/x/y"],
+            ),
+        ),
+    ],
+)
+def test_expand_base_image_expands(base, target, expected):
+    assert db.expand_base_image(base, target) == expected
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "ubuntu:latest",
+        "NONE",
+        "scratch",
+        "$DOCKER_REPOSITORY",
+        "$DOCKER_REPOSITORYX/b:latest",
+        "${DOCKER_REPOSITORY/b:latest",
+        "$OTHER/b:latest",
+        "ghcr.io/$DOCKER_REPOSITORY/b:latest",
+        "docker_repository/b:latest",
+    ],
+)
+def test_expand_base_image_leaves_other_bases(base):
+    assert db.expand_base_image(base, "ghcr.io/o/img:latest") == (base, [])
+
+
+# ----------------------------------------------------------------------------
+# dockerfile_base
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("FROM alpine\n", "alpine"),
+        ("# c\nARG X\n  from  ubuntu:22.04 AS build\nFROM second\n", "ubuntu:22.04"),
+        ("\tFrOm\tdebian", "debian"),
+        (
+            "ARG DOCKER_REPOSITORY\nFROM $DOCKER_REPOSITORY/base\n",
+            "$DOCKER_REPOSITORY/base",
+        ),
+        # like the reference, a --platform flag is taken as the image
+        ("FROM --platform=$BUILDPLATFORM golang\n", "--platform=$BUILDPLATFORM"),
+    ],
+)
+def test_dockerfile_base(tmp_path, text, expected):
+    (tmp_path / "Dockerfile").write_text(text, encoding="utf-8")
+    assert db.dockerfile_base(str(tmp_path)) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "FROMalpine\n", "# FROM alpine\n", "RUN echo FROM x\n", "FROM\n"]
+)
+def test_dockerfile_base_missing_from(tmp_path, text):
+    (tmp_path / "Dockerfile").write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        db.dockerfile_base(str(tmp_path))
+    assert str(info.value) == "Dockerfile: Missing FROM instruction"
+
+
+def test_dockerfile_base_missing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ValueError) as info:
+        db.dockerfile_base("d")
+    assert str(info.value) == (
+        "Dockerfile: [Errno 2] No such file or directory: 'd/Dockerfile'"
+    )
+
+
+# ----------------------------------------------------------------------------
+# read_config
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    """Write docker_images (plus build dirs with a Dockerfile) in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+    def write(text, dirs=("d",), dockerfile="FROM alpine\n"):
+        for directory in dirs:
+            (tmp_path / directory).mkdir(parents=True, exist_ok=True)
+            (tmp_path / directory / "Dockerfile").write_text(dockerfile)
+        (tmp_path / "docker_images").write_text(text, encoding="utf-8")
+        return "docker_images"
+
+    return write
+
+
+def test_read_config_notes_example(config, tmp_path):
+    """The configuration of the GNS3 images, from the reference notes."""
+    text = (
+        "# Name\t\t\tDirectory\t[Base Image]\t[Build Options]\n"
+        "\n"
+        "--platform=linux/amd64\t\t\t\t\t# global options\n"
+        "\n"
+        "# chromium: base image is updated too often, use manual build\n"
+        "chromium\t\tchromium\tNONE\n"
+        "ipterm-base\t\tipterm/base\n"
+        "ipterm\t\t\tipterm/cli\n"
+        "webterm\t\t\tipterm/web\n"
+        "jupyter:v2\t\tjupyter\n"
+        "ubuntu:focal\t\tubuntu\n"
+        "ovs-snmp\t\tovs-snmp\t\t\t--platform=linux/arm64\n"
+    )
+    path = config(text, dirs=("chromium", "ipterm/base", "ovs-snmp"))
+    dockerfiles = {
+        "ipterm/base": "FROM debian:bookworm-slim\n",
+        "ipterm/cli": "ARG DOCKER_REPOSITORY\nFROM $DOCKER_REPOSITORY/ipterm-base\n",
+        "ipterm/web": "FROM ${DOCKER_REPOSITORY}/ipterm-base\n",
+        "jupyter": "FROM python:3.11\n",
+        "ubuntu": "FROM ubuntu:focal\n",
+    }
+    for directory, content in dockerfiles.items():
+        (tmp_path / directory).mkdir(parents=True, exist_ok=True)
+        (tmp_path / directory / "Dockerfile").write_text(content)
+    amd = ("--platform=linux/amd64",)
+    assert db.read_config(path) == [
+        db.Image("chromium", "chromium:latest", "chromium", "NONE", amd),
+        db.Image(
+            "ipterm-base",
+            "ipterm-base:latest",
+            "ipterm/base",
+            "debian:bookworm-slim",
+            amd,
+        ),
+        db.Image(
+            "ipterm",
+            "ipterm:latest",
+            "ipterm/cli",
+            "$DOCKER_REPOSITORY/ipterm-base:latest",
+            amd,
+        ),
+        db.Image(
+            "webterm",
+            "webterm:latest",
+            "ipterm/web",
+            "${DOCKER_REPOSITORY}/ipterm-base:latest",
+            amd,
+        ),
+        db.Image("jupyter:v2", "jupyter:v2", "jupyter", "python:3.11", amd),
+        db.Image("ubuntu:focal", "ubuntu:focal", "ubuntu", "ubuntu:focal", amd),
+        db.Image(
+            "ovs-snmp",
+            "ovs-snmp:latest",
+            "ovs-snmp",
+            "alpine:latest",
+            ("--platform=linux/amd64", "--platform=linux/arm64"),
+        ),
+    ]
+
+
+def test_read_config_global_options_hold_until_redefined(config):
+    path = config(
+        "img1\td\n"
+        "--a 1\n"
+        "img2\td\n"
+        "# a comment and a blank line do not reset the options\n"
+        "\n"
+        "img3\td\n"
+        '--b "x y"\n'
+        "img4\td\t\t-c 'q r'\n"
+    )
+    options = [image.options for image in db.read_config(path)]
+    assert options == [(), ("--a", "1"), ("--a", "1"), ("--b", "x y", "-c", "q r")]
+
+
+def test_read_config_global_options_cannot_be_emptied(config):
+    """A blank or comment line keeps them; '' gives one empty argument."""
+    path = config("--a\nimg1\td\n   \n# --none\nimg2\td\n''\nimg3\td\n")
+    options = [image.options for image in db.read_config(path)]
+    assert options == [("--a",), ("--a",), ("",)]
+
+
+def test_read_config_image_options_without_base(config):
+    path = config('img\td\t"--label=a b" --pull\t# comment\n')
+    (image,) = db.read_config(path)
+    assert image.options == ("--label=a b", "--pull")
+    assert image.base == "alpine:latest"
+
+
+def test_read_config_leading_and_trailing_whitespace(config):
+    path = config("  \timg\td\tdebian\t \n")
+    assert db.read_config(path) == [
+        db.Image("img", "img:latest", "d", "debian:latest", ())
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("img\td\tNONE", "NONE"),
+        ("img\td\tscratch", "scratch"),
+        ("img\td\tdebian", "debian:latest"),
+        ("img\td\tdebian:12", "debian:12"),
+        ("img\td\tlocalhost:5000/b", "localhost:5000/b:latest"),
+        ("img\td\tghcr.io/o/b@" + DIGEST, "ghcr.io/o/b@" + DIGEST),
+        ("img\td\t${DOCKER_REPOSITORY}/base", "${DOCKER_REPOSITORY}/base:latest"),
+        ("img\td\t\tdebian", "debian:latest"),  # 2 tabs: still the base field
+        ("img\td", "alpine:latest"),  # from the Dockerfile
+        ("img\td\t# comment", "alpine:latest"),
+        # a comment after a space is part of the field
+        ("img\td\talpine # c", "alpine # c:latest"),
+    ],
+)
+def test_read_config_base(config, line, expected):
+    (image,) = db.read_config(config(line + "\n"))
+    assert image.base == expected
+
+
+@pytest.mark.parametrize("dockerfile", ["FROM scratch\n", "FROM NONE\n"])
+def test_read_config_untagged_base_from_dockerfile(config, dockerfile):
+    (image,) = db.read_config(config("img\td\n", dockerfile=dockerfile))
+    assert image.base == dockerfile.split()[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("img", "img:latest"),
+        ("img:1", "img:1"),
+        ("ghcr.io/o/img", "ghcr.io/o/img:latest"),
+        ("localhost:5000/img", "localhost:5000/img:latest"),
+        ("img@" + DIGEST, "img@" + DIGEST),
+        ("scratch:latest", "scratch:latest"),  # only the bare name is reserved
+        ("a" * 242, "a" * 242 + ":latest"),  # within test.io/test/ limit
+    ],
+)
+def test_read_config_image_name(config, name, expected):
+    (image,) = db.read_config(config(f"{name}\td\n"))
+    assert (image.name, image.image) == (name, expected)
+
+
+def test_read_config_single_field_is_global_option(config):
+    """A line without a tab, even an image name, is a global option line."""
+    path = config("img\nimg2\td\n")
+    assert db.read_config(path) == [
+        db.Image("img2", "img2:latest", "d", "alpine:latest", ("img",))
+    ]
+
+
+def test_read_config_tab_comment_after_name_is_global_option(config):
+    path = config("img\t#d\nimg2\td\n")
+    (image,) = db.read_config(path)
+    assert image.options == ("img",)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("--x # comment", ("--x", "#", "comment")),
+        ("--x\t# comment", ("--x",)),
+        ("--x  \t # comment", ("--x",)),
+    ],
+)
+def test_read_config_global_option_comment(config, line, expected):
+    (image,) = db.read_config(config(f"{line}\nimg\td\n"))
+    assert image.options == expected
+
+
+def test_read_config_space_comment_joins_directory(config):
+    path = config("img\td # comment\n")
+    assert fatal_message(db.read_config, path) == (
+        "docker_images line 1: unknown directory 'd # comment'"
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "a\td\tc\t-d\te",
+        "a\td\t-c\te",
+        "a\td\tc\td",
+        "a\td\tc\t'x'\t-y",
+    ],
+)
+def test_read_config_invalid_number_of_fields(config, line):
+    path = config(f"# header\n\n{line}\n")
+    assert fatal_message(db.read_config, path) == (
+        "docker_images line 3: invalid number of fields"
+    )
+
+
+def test_read_config_hash_name_is_comment(config):
+    """A line starting with '#' is a comment, tabs or not."""
+    path = config("img\td\n#a\td\n")
+    assert [image.name for image in db.read_config(path)] == ["img"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("img\td\nBad\td\n", "docker_images line 2: invalid image name 'Bad'"),
+        ("img:\td\n", "docker_images line 1: invalid image name 'img:'"),
+        ("a___b\td\n", "docker_images line 1: invalid image name 'a___b'"),
+        (
+            "a" * 243 + "\td\n",
+            f"docker_images line 1: invalid image name '{'a' * 243}'",
+        ),
+        # the name is checked before its directory
+        ("Bad\tmissing\n", "docker_images line 1: invalid image name 'Bad'"),
+        ("scratch\td\n", "docker_images line 1: Reserved image name 'scratch'"),
+        ("scratch\tmissing\n", "docker_images line 1: Reserved image name 'scratch'"),
+        ("img\td\nimg:latest\td\n", "docker_images: multiple entries for img:latest"),
+        ("img\td\nimg\tmissing\n", "docker_images: multiple entries for img"),
+        ("img\tmissing\n", "docker_images line 1: unknown directory 'missing'"),
+        (
+            "img\td\n--label 'x\n",
+            "docker_images line 2: No closing quotation",
+        ),
+        ('img\td\t\t--label "x\n', "docker_images line 1: No closing quotation"),
+        ("# only comments\n\n", "Empty image configuration"),
+        ("", "Empty image configuration"),
+        ("--platform=linux/amd64\n", "Empty image configuration"),
+    ],
+)
+def test_read_config_errors(config, text, message):
+    assert fatal_message(db.read_config, config(text)) == message
+
+
+def test_read_config_missing_dockerfile(config, tmp_path):
+    (tmp_path / "nodf").mkdir()
+    path = config("img\td\nother\tnodf\n")
+    assert fatal_message(db.read_config, path) == (
+        "docker_images line 2: Dockerfile: "
+        "[Errno 2] No such file or directory: 'nodf/Dockerfile'"
+    )
+
+
+def test_read_config_dockerfile_without_from(config):
+    path = config("img\td\n", dockerfile="RUN true\n")
+    assert fatal_message(db.read_config, path) == (
+        "docker_images line 1: Dockerfile: Missing FROM instruction"
+    )
+
+
+def test_read_config_dockerfile_not_utf8(config, tmp_path):
+    path = config("img\td\n")
+    (tmp_path / "d" / "Dockerfile").write_bytes(b"\xffFROM alpine\n")
+    assert fatal_message(db.read_config, path) == (
+        "docker_images line 1: 'utf-8' codec can't decode byte 0xff "
+        "in position 0: invalid start byte"
+    )
+
+
+def test_read_config_file_not_utf8(config, tmp_path):
+    """The file is decoded before its first line: the error names line 0."""
+    config("")
+    (tmp_path / "docker_images").write_bytes(b"img\td\n\xff\n")
+    assert fatal_message(db.read_config, "docker_images") == (
+        "docker_images line 0: 'utf-8' codec can't decode byte 0xff "
+        "in position 6: invalid start byte"
+    )
+
+
+def test_read_config_unreadable(config):
+    config("img\td\n")
+    assert fatal_message(db.read_config, "nofile") == (
+        "Can't read images file: [Errno 2] No such file or directory: 'nofile'"
+    )
+    assert fatal_message(db.read_config, "d") == (
+        "Can't read images file: [Errno 21] Is a directory: 'd'"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Environment: DOCKER_REPOSITORY and DOCKER_LOGIN*
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("  Docker.IO/User  GHCR.io/Owner ", ["docker.io/user", "ghcr.io/owner"]),
+        ("user", ["user"]),
+        ("", []),
+        (" \t ", []),
+    ],
+)
+def test_docker_repositories(value, expected):
+    assert db.docker_repositories({"DOCKER_REPOSITORY": value}) == expected
+
+
+def test_docker_repositories_unset():
+    assert db.docker_repositories({}) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ghcr.io/o a___b", "DOCKER_REPOSITORY: a___b: invalid reference format"),
+        ("user:tag:x", "DOCKER_REPOSITORY: user:tag:x: invalid reference format"),
+        (
+            "GHCR.io/" + "A" * 248,
+            "DOCKER_REPOSITORY: ghcr.io/"
+            + "a" * 248
+            + ": repository name must not be more than 255 characters",
+        ),
+    ],
+)
+def test_docker_repositories_invalid(value, message):
+    environ = {"DOCKER_REPOSITORY": value}
+    assert fatal_message(db.docker_repositories, environ) == message
+
+
+def test_login_table():
+    environ = {
+        "PATH": "/bin",
+        "DOCKER_LOGIN": "docker.io user pass word",
+        "DOCKER_LOGIN_GHCR": "  GHCR.IO  me  sec  ret ",
+        "DOCKER_LOGINX": "localhost:5000 u p",
+        "XDOCKER_LOGIN": "ignored",
+        "docker_login": "ignored",
+    }
+    assert db.login_table(environ) == {
+        HUB: ("user", "pass word"),
+        "ghcr.io": ("me", "sec  ret"),
+        "localhost:5000": ("u", "p"),
+    }
+
+
+@pytest.mark.parametrize("value", ["", "   ", "ghcr.io", "ghcr.io user"])
+def test_login_table_needs_three_fields(value):
+    environ = {"DOCKER_LOGIN_X": value}
+    assert fatal_message(db.login_table, environ) == (
+        "DOCKER_LOGIN_X requires 3 fields: registry user password"
+    )
+
+
+def test_login_table_defined_twice():
+    environ = {
+        "DOCKER_LOGIN_1": "docker.io a b",
+        "DOCKER_LOGIN_2": "Registry-1.Docker.IO c d",
+    }
+    assert fatal_message(db.login_table, environ) == (
+        "DOCKER_LOGIN: registry-1.docker.io defined multiple times"
+    )
+
+
+def test_child_environment_strips_logins():
+    environ = {
+        "PATH": "/bin",
+        "DOCKER_REPOSITORY": "user",
+        "DOCKER_LOGIN": "a b c",
+        "DOCKER_LOGIN_A": "a b c",
+        "DOCKER_LOGINX": "",
+        "XDOCKER_LOGIN": "kept",
+    }
+    before = dict(environ)
+    assert db.child_environment(environ) == {
+        "PATH": "/bin",
+        "DOCKER_REPOSITORY": "user",
+        "XDOCKER_LOGIN": "kept",
+    }
+    assert environ == before
+
+
+# ----------------------------------------------------------------------------
+# Command line names, forcing, targets, build command
+# ----------------------------------------------------------------------------
+
+CONFIG_IMAGES = [
+    make_image("img", base="alpine:latest"),
+    make_image("tool:2", image="tool:2", base="NONE"),
+    make_image("ghcr.io/o/full", base="$DOCKER_REPOSITORY/img:latest"),
+]
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        ([], []),
+        (["img"], ["img:latest"]),
+        (["img:latest", "tool:2"], ["img:latest", "tool:2"]),
+        (["alpine"], ["alpine:latest"]),
+        (["NONE"], ["NONE"]),
+        (["ghcr.io/o/full"], ["ghcr.io/o/full:latest"]),
+        (["$DOCKER_REPOSITORY/img"], ["$DOCKER_REPOSITORY/img:latest"]),
+    ],
+)
+def test_normalize_forced(names, expected):
+    assert db.normalize_forced(names, CONFIG_IMAGES, "conf") == expected
+
+
+@pytest.mark.parametrize("name", ["tool", "img:1", "scratch", "none", "ghcr.io/o/img"])
+def test_normalize_forced_unknown(name):
+    assert fatal_message(db.normalize_forced, ["img", name], CONFIG_IMAGES, "conf") == (
+        f"Image {name} not found in 'conf' configuration file"
+    )
+
+
+def test_check_repositories_defined():
+    full = [make_image("ghcr.io/o/a")]
+    assert db.check_repositories_defined(full, []) is None
+    assert db.check_repositories_defined(CONFIG_IMAGES, ["user"]) is None
+    images = [*full, make_image("tool:2", image="tool:2")]
+    assert fatal_message(db.check_repositories_defined, images, []) == (
+        "tool:2: Environment variable DOCKER_REPOSITORY is not defined"
+    )
+
+
+@pytest.mark.parametrize(
+    ("all_flag", "forced", "expected"),
+    [
+        (False, [], False),
+        (False, ["img:latest"], True),
+        (False, ["alpine:latest"], True),  # by base image
+        (False, ["other:latest"], False),
+        (True, [], True),
+        (True, ["img:latest"], False),
+        (True, ["alpine:latest"], False),
+        (True, ["other:latest"], True),
+    ],
+)
+def test_is_forced(all_flag, forced, expected):
+    assert db.is_forced(make_image("img"), all_flag, forced) is expected
+
+
+def test_target_repositories():
+    repositories = ["docker.io/user", "ghcr.io/o"]
+    assert db.target_repositories(make_image("img"), repositories) == (
+        "docker.io/user",
+        "ghcr.io/o",
+    )
+    assert db.target_repositories(make_image("img"), []) == ()
+    full = make_image("ghcr.io/o/img")
+    assert db.target_repositories(full, repositories) == (None,)
+
+
+@pytest.mark.parametrize(
+    ("base_layers", "image_layers", "expected"),
+    [
+        (("sha256:b1", "sha256:b2"), ("sha256:b1", "sha256:b2", "sha256:i"), False),
+        (("sha256:b1", "sha256:b2"), ("sha256:b1", "sha256:x", "sha256:i"), True),
+        (("sha256:b2",), ("sha256:i", "sha256:b2"), False),  # anywhere in layers
+        ((None,), ("sha256:i",), False),  # scratch / NONE
+        (("",), ("sha256:i",), False),
+    ],
+)
+def test_base_changed(base_layers, image_layers, expected):
+    base = db.ImageInfo(CREATED, base_layers)
+    info = db.ImageInfo(CREATED, image_layers)
+    assert db.base_changed(base, info) is expected
+
+
+def test_build_command_order():
+    image = make_image(
+        "img",
+        directory="ctx/img",
+        base="$DOCKER_REPOSITORY/base:latest",
+        options=("--platform=linux/amd64", "--no-cache"),
+    )
+    assert db.build_command(image, "ghcr.io/o/img:latest") == [
+        "docker",
+        "buildx",
+        "build",
+        "--build-arg",
+        "DOCKER_REPOSITORY=ghcr.io/o",
+        "--platform=linux/amd64",
+        "--no-cache",
+        "--push",
+        "--tag",
+        "ghcr.io/o/img:latest",
+        "ctx/img",
+    ]
+
+
+def test_build_command_plain_base():
+    image = make_image("ghcr.io/o/img:1", image="ghcr.io/o/img:1", base="debian:12")
+    assert db.build_command(image, "ghcr.io/o/img:1") == [
+        "docker",
+        "buildx",
+        "build",
+        "--push",
+        "--tag",
+        "ghcr.io/o/img:1",
+        "d",
+    ]
+
+
+def test_build_runs_command(capfd):
+    db.build(["sh", "-c", "echo built"], dict(os.environ))
+    assert capfd.readouterr().out == "built\n\n"
+
+
+def test_build_failure_exit_status():
+    environ = dict(os.environ)
+    with pytest.raises(db.Fatal) as info:
+        db.build(["sh", "-c", "exit 3"], environ)
+    assert (info.value.message, info.value.code) == (None, 3)
+
+
+def test_build_cannot_run_docker():
+    assert fatal_message(db.build, ["/nonexistent/docker"], dict(os.environ)) == (
+        "Can't run docker: [Errno 2] No such file or directory: '/nonexistent/docker'"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Registry errors (dxf replaced by a fake)
+# ----------------------------------------------------------------------------
+
+OLD_URLLIB3 = (
+    "HTTPSConnectionPool(host='localhost', port=5000): Max retries exceeded "
+    "with url: /v2/ (Caused by NewConnectionError('<urllib3.connection."
+    "HTTPSConnection object at 0x7f0123456789>: Failed to establish a new "
+    "connection: [Errno 111] Connection refused'))"
+)
+NEW_URLLIB3 = (
+    "HTTPSConnectionPool(host='localhost', port=5000): Max retries exceeded "
+    'with url: /v2/ (Caused by NewConnectionError("HTTPSConnection(host='
+    "'localhost', port=5000): Failed to establish a new connection: "
+    '[Errno 111] Connection refused"))'
+)
+
+
+def test_request_error_text_old_urllib3():
+    err = requests.exceptions.ConnectionError(OLD_URLLIB3)
+    assert db.request_error_text(err) == (
+        "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
+
+
+def test_request_error_text_plain_message():
+    err = requests.exceptions.ReadTimeout("Read timed out. (read timeout=30)")
+    assert db.request_error_text(err) == "Read timed out. (read timeout=30)"
+
+
+def test_request_error_text_double_quoted_cause_passes_through():
+    """The reference regex needs a closing "')": a "\")" cause is kept whole."""
+    err = requests.exceptions.ConnectionError(NEW_URLLIB3)
+    assert db.request_error_text(err) == NEW_URLLIB3
+
+
+class FakeDXF:
+    """Stands in for dxf.DXF: answers come from class attributes."""
+
+    calls: ClassVar[list] = []
+    digest_error = None
+    blob = b""
+
+    def __init__(self, host, repo, auth=None, timeout=None):
+        self.calls.append(("DXF", host, repo, timeout))
+        self.auth = auth
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def get_digest(self, tag, platform=None):
+        self.calls.append(("get_digest", tag, platform))
+        if self.digest_error:
+            raise self.digest_error
+        return "sha256:config"
+
+    def pull_blob(self, digest):
+        self.calls.append(("pull_blob", digest))
+        return iter([self.blob[:5], self.blob[5:]])
+
+
+@pytest.fixture
+def fake_dxf(monkeypatch):
+    class Fake(FakeDXF):
+        calls: ClassVar[list] = []
+
+    monkeypatch.setattr(db.dxf, "DXF", Fake)
+    return Fake
+
+
+def http_error(status):
+    response = requests.Response()
+    response.status_code = status
+    return requests.exceptions.HTTPError(f"{status} Error", response=response)
+
+
+def test_fetch_image_info(fake_dxf):
+    fake_dxf.blob = (
+        b'{"created": "2024-01-02T03:04:05.123456789Z",'
+        b' "rootfs": {"diff_ids": ["sha256:a", "sha256:b"]}}'
+    )
+    info = db.fetch_image_info("img", {})
+    assert info == db.ImageInfo(
+        datetime.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
+        ("sha256:a", "sha256:b"),
+    )
+    assert fake_dxf.calls == [
+        ("DXF", HUB, "library/img", 30),
+        ("get_digest", "latest", "linux/amd64"),
+        ("pull_blob", "sha256:config"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        db.dxf.exceptions.DXFUnauthorizedError(),
+        http_error(401),
+        http_error(403),
+        http_error(404),
+    ],
+)
+def test_fetch_image_info_not_found(fake_dxf, error):
+    fake_dxf.digest_error = error
+    assert db.fetch_image_info("ghcr.io/o/img:1", {}) is None
+    assert fake_dxf.calls == [
+        ("DXF", "ghcr.io", "o/img", 30),
+        ("get_digest", "1", "linux/amd64"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error", "blob", "message"),
+    [
+        (http_error(500), b"", "ghcr.io/o/img: 500 Error"),
+        (
+            requests.exceptions.ConnectionError(OLD_URLLIB3),
+            b"",
+            "ghcr.io/o/img: Failed to establish a new connection: "
+            "[Errno 111] Connection refused",
+        ),
+        (db.dxf.exceptions.DXFError("bad thing"), b"", "ghcr.io/o/img: bad thing"),
+        (None, b"{not json", "ghcr.io/o/img: Invalid JSON"),
+        (
+            None,
+            b'{"created": "2024-01-02T03:04:05Z"}',
+            "ghcr.io/o/img: missing information from registry",
+        ),
+        (
+            None,
+            b'{"created": "garbage", "rootfs": {"diff_ids": []}}',
+            "ghcr.io/o/img: Unknown string format: garbage",
+        ),
+    ],
+)
+def test_fetch_image_info_errors(fake_dxf, error, blob, message):
+    fake_dxf.digest_error = error
+    fake_dxf.blob = blob
+    assert fatal_message(db.fetch_image_info, "ghcr.io/o/img", {}) == message
+
+
+def test_fetch_image_info_invalid_reference(fake_dxf):
+    assert fatal_message(db.fetch_image_info, "Bad/img", {}) == (
+        "Bad/img: invalid reference format"
+    )
+    assert fake_dxf.calls == []
+
+
+def test_registry_authenticator_uses_login():
+    calls = []
+
+    class Client:
+        def authenticate(self, user, password, response=None):
+            calls.append((user, password, response))
+
+    db.registry_authenticator(("me", "secret"))(Client(), "resp")
+    db.registry_authenticator((None, None))(Client(), "resp2")
+    assert calls == [("me", "secret", "resp"), (None, None, "resp2")]
+
+
+def test_registry_lookup_remembers_and_forgets(monkeypatch):
+    calls = []
+    info = db.ImageInfo(CREATED, ("sha256:a",))
+
+    def fetch(reference, logins):
+        calls.append((reference, logins))
+        return info
+
+    monkeypatch.setattr(db, "fetch_image_info", fetch)
+    logins = {"ghcr.io": ("u", "p")}
+    registry = db.Registry(logins)
+    assert registry.lookup("scratch") == db.NO_BASE
+    assert registry.lookup("NONE") == db.NO_BASE
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+    assert (db.NO_BASE.created, db.NO_BASE.layers) == (epoch, (None,))
+    assert registry.lookup("a") is info
+    assert registry.lookup("a") is info
+    registry.forget("a")
+    registry.forget("never-known")
+    assert registry.lookup("a") is info
+    assert calls == [("a", logins), ("a", logins)]
+
+
+# ----------------------------------------------------------------------------
+# context_change and mtime_tree (real git repositories)
+# ----------------------------------------------------------------------------
+
+
+def git(cwd, *args, date=None):
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "Test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    if date:
+        env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = date
+    subprocess.run(
+        ["git", "-C", str(cwd), *args], check=True, env=env, capture_output=True
+    )
+
+
+def set_tree_mtime(directory, mtime):
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            os.utime(os.path.join(root, name), (mtime, mtime))
+    os.utime(directory, (mtime, mtime))
+
+
+@pytest.fixture
+def environ(tmp_path):
+    """An environment where git never finds a repository above tmp_path."""
+    return {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path)}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git repo with two build dirs, committed at different times."""
+    root = tmp_path / "repo"
+    for directory in ("one", "two"):
+        (root / directory).mkdir(parents=True)
+        (root / directory / "Dockerfile").write_text("FROM alpine\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "one")
+    git(root, "commit", "-q", "-m", "one", date="@1600000000 +0000")
+    git(root, "add", "two")
+    git(root, "commit", "-q", "-m", "two", date="@1700000000 +0200")
+    return root
+
+
+def test_context_change_clean_git(repo, environ):
+    one = make_image("one", directory=str(repo / "one"))
+    two = make_image("two", directory=str(repo / "two"))
+    assert db.context_change(one, environ) == (1600000000, db.REASON_GIT)
+    assert db.context_change(two, environ) == (1700000000, db.REASON_GIT)
+    assert db.REASON_GIT == "Git change more recent than image"
+
+
+def test_context_change_dirty_git(repo, environ):
+    (repo / "one" / "Dockerfile").write_text("FROM debian\n")
+    set_tree_mtime(repo / "one", 1650000000)
+    os.utime(repo / "one" / "Dockerfile", (1, 1650000123.5))
+    image = make_image("one", directory=str(repo / "one"))
+    assert db.context_change(image, environ) == (1650000123.5, db.REASON_FILES)
+    assert db.REASON_FILES == "Files in docker context more recent than image"
+
+
+def test_context_change_untracked_file(repo, environ):
+    (repo / "two" / "new").write_text("x")
+    set_tree_mtime(repo / "two", 1234567890)
+    image = make_image("two", directory=str(repo / "two"))
+    assert db.context_change(image, environ) == (1234567890, db.REASON_FILES)
+    # the other directory stays clean
+    one = make_image("one", directory=str(repo / "one"))
+    assert db.context_change(one, environ) == (1600000000, db.REASON_GIT)
+
+
+def test_context_change_outside_git(tmp_path, environ):
+    directory = tmp_path / "plain"
+    (directory / "sub").mkdir(parents=True)
+    (directory / "sub" / "file").write_text("x")
+    set_tree_mtime(directory, 1500000000)
+    os.utime(directory / "sub", (1, 1500000042))
+    image = make_image(directory=str(directory))
+    assert db.context_change(image, environ) == (1500000042, db.REASON_FILES)
+
+
+def test_context_change_ignored_files_only(repo, environ):
+    """Clean, but no commit touches the directory: int('') fails."""
+    (repo / ".gitignore").write_text("three/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore", date="@1700000001 +0000")
+    (repo / "three").mkdir()
+    (repo / "three" / "Dockerfile").write_text("FROM alpine\n")
+    image = make_image("three", directory=str(repo / "three"))
+    assert fatal_message(db.context_change, image, environ) == (
+        "three: Can't get commit date: invalid literal for int() with base 10: ''"
+    )
+
+
+def test_context_change_no_commits(tmp_path, environ):
+    root = tmp_path / "empty"
+    (root / "ctx").mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    image = make_image("img", directory=str(root / "ctx"))
+    assert fatal_message(db.context_change, image, environ) == (
+        "img: Can't get commit date: "
+        "fatal: your current branch 'main' does not have any commits yet"
+    )
+
+
+def test_context_change_git_status_fails(tmp_path, environ):
+    missing = str(tmp_path / "missing")
+    image = make_image("img", directory=missing)
+    assert fatal_message(db.context_change, image, environ) == (
+        f"img: Can't get git status: fatal: cannot change to '{missing}': "
+        "No such file or directory"
+    )
+
+
+def test_context_change_without_git(tmp_path):
+    image = make_image(directory=str(tmp_path))
+    environ = {"PATH": str(tmp_path / "nobin")}
+    assert fatal_message(db.context_change, image, environ) == (
+        "Can't run git: [Errno 2] No such file or directory: 'git'"
+    )
+
+
+def test_mtime_tree(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("x")
+    (tree / "g").write_text("y")
+    set_tree_mtime(tree, 1000)
+    assert db.mtime_tree(str(tree)) == 1000
+    os.utime(tree / "a" / "b" / "f", (1, 3000.25))
+    assert db.mtime_tree(str(tree)) == 3000.25
+    os.utime(tree / "a", (1, 4000))  # directories count too
+    assert db.mtime_tree(str(tree)) == 4000
+    assert db.mtime_tree(str(tmp_path / "missing")) == 0
+
+
+# ----------------------------------------------------------------------------
+# needs_rebuild and plan_image (registry answers from a dict)
+# ----------------------------------------------------------------------------
+
+
+class FakeRegistry(db.Registry):
+    """A Registry whose look-ups come from `known`, recorded in `calls`."""
+
+    def __init__(self, infos):
+        super().__init__({})
+        self.known.update(infos)
+        self.calls = []
+
+    def lookup(self, reference):
+        self.calls.append(reference)
+        assert reference in self.known, f"unexpected look-up of {reference}"
+        return super().lookup(reference)
+
+
+def info(*layers, created=CREATED):
+    return db.ImageInfo(created, layers)
+
+
+@pytest.fixture
+def context(monkeypatch):
+    """Replace context_change; set `.value` to (time, reason)."""
+
+    class Context:
+        value = (CREATED.timestamp() - 1, "Files in docker context more recent")
+        calls: ClassVar[list] = []
+
+    def fake(image, environ):
+        Context.calls.append((image.name, environ))
+        return Context.value
+
+    monkeypatch.setattr(db, "context_change", fake)
+    return Context
+
+
+BASE = "ghcr.io/o/base:latest"
+TARGET = "ghcr.io/o/img:latest"
+IMG = make_image("img", base="$DOCKER_REPOSITORY/base:latest")
+
+
+def test_needs_rebuild_missing_base(context):
+    registry = FakeRegistry({BASE: None})
+    assert fatal_message(db.needs_rebuild, IMG, "ghcr.io/o", registry, {}) == (
+        "Missing base image: ghcr.io/o/base:latest"
+    )
+    assert registry.calls == [BASE]
+
+
+def test_needs_rebuild_missing_image(context):
+    registry = FakeRegistry({BASE: info("sha256:b"), TARGET: None})
+    reason = db.needs_rebuild(IMG, "ghcr.io/o", registry, {})
+    assert reason == "Image missing in repository"
+    assert registry.calls == [BASE, TARGET]
+    assert context.calls == []
+
+
+def test_needs_rebuild_base_changed(context):
+    registry = FakeRegistry(
+        {BASE: info("sha256:b1", "sha256:new"), TARGET: info("sha256:b1", "sha256:i")}
+    )
+    assert db.needs_rebuild(IMG, "ghcr.io/o", registry, {}) == "Base image has changed"
+    assert context.calls == []
+
+
+@pytest.mark.parametrize(
+    ("offset", "expected"), [(-1, None), (0, None), (0.5, "the reason")]
+)
+def test_needs_rebuild_context_time(context, offset, expected):
+    """Only a change strictly after the image's creation counts."""
+    context.value = (CREATED.timestamp() + offset, "the reason")
+    registry = FakeRegistry(
+        {BASE: info("sha256:b"), TARGET: info("sha256:b", "sha256:i")}
+    )
+    environ = {"K": "V"}
+    assert db.needs_rebuild(IMG, "ghcr.io/o", registry, environ) == expected
+    assert context.calls == [("img", environ)]
+
+
+@pytest.mark.parametrize("base", ["NONE", "scratch"])
+def test_needs_rebuild_untagged_base_never_compared(context, base):
+    image = make_image("img", base=base)
+    registry = FakeRegistry({"user/img:latest": info("sha256:i")})
+    assert db.needs_rebuild(image, "user", registry, {}) is None
+    assert registry.calls == [base, "user/img:latest"]
+
+
+def test_needs_rebuild_full_name_ignores_repository(context):
+    image = make_image("ghcr.io/o/img", base="debian:latest")
+    registry = FakeRegistry({"debian:latest": info("sha256:d"), TARGET: None})
+    assert db.needs_rebuild(image, None, registry, {}) == "Image missing in repository"
+    assert registry.calls == ["debian:latest", TARGET]
+
+
+def test_needs_rebuild_real_context_outside_git(tmp_path, environ):
+    directory = tmp_path / "ctx"
+    directory.mkdir()
+    (directory / "Dockerfile").write_text("FROM alpine\n")
+    image = make_image("img", directory=str(directory), base="NONE")
+    registry = FakeRegistry({"user/img:latest": info("sha256:i")})
+    set_tree_mtime(directory, CREATED.timestamp() - 10)
+    assert db.needs_rebuild(image, "user", registry, environ) is None
+    set_tree_mtime(directory, CREATED.timestamp() + 10)
+    assert db.needs_rebuild(image, "user", registry, environ) == (
+        "Files in docker context more recent than image"
+    )
+
+
+REPOS = ["docker.io/user", "ghcr.io/o"]
+HUB_BASE = "docker.io/user/base:latest"
+HUB_TARGET = "docker.io/user/img:latest"
+
+
+def test_plan_image_forced_without_lookups(context):
+    registry = FakeRegistry({})
+    plan = db.plan_image(IMG, REPOS, False, ["img:latest"], registry, {})
+    assert plan == db.Plan(IMG, tuple(REPOS), "Rebuild triggered by command line")
+    plan = db.plan_image(IMG, REPOS, True, [], registry, {})
+    assert plan == db.Plan(IMG, tuple(REPOS), "Rebuild triggered by command line")
+    assert registry.calls == []
+
+
+def test_plan_image_all_except_named_is_checked(context):
+    registry = FakeRegistry(
+        {
+            HUB_BASE: info("sha256:b"),
+            HUB_TARGET: info("sha256:b"),
+            BASE: info("sha256:b"),
+            TARGET: info("sha256:b"),
+        }
+    )
+    forced = ["$DOCKER_REPOSITORY/base:latest"]  # named by its base
+    assert db.plan_image(IMG, REPOS, True, forced, registry, {}) is None
+    assert registry.calls == [HUB_BASE, HUB_TARGET, BASE, TARGET]
+
+
+def test_plan_image_second_repository_decides(context):
+    registry = FakeRegistry(
+        {
+            HUB_BASE: info("sha256:b"),
+            HUB_TARGET: info("sha256:b"),
+            BASE: info("sha256:b"),
+            TARGET: None,
+        }
+    )
+    plan = db.plan_image(IMG, REPOS, False, [], registry, {})
+    assert plan == db.Plan(IMG, tuple(REPOS), "Image missing in repository")
+    assert registry.calls == [HUB_BASE, HUB_TARGET, BASE, TARGET]
+
+
+def test_plan_image_first_repository_decides(context):
+    registry = FakeRegistry({HUB_BASE: info("sha256:new"), HUB_TARGET: info("x")})
+    plan = db.plan_image(IMG, REPOS, False, [], registry, {})
+    assert plan == db.Plan(IMG, tuple(REPOS), "Base image has changed")
+    assert registry.calls == [HUB_BASE, HUB_TARGET]
+
+
+def test_plan_image_full_name(context):
+    image = make_image("ghcr.io/o/img", base="NONE")
+    registry = FakeRegistry({TARGET: None})
+    plan = db.plan_image(image, REPOS, False, [], registry, {})
+    assert plan == db.Plan(image, (None,), "Image missing in repository")
+
+
+def test_rebuild_images_builds_and_forgets(monkeypatch, capsys, context):
+    """A rebuilt image is forgotten: later images see what was just pushed."""
+    builds = []
+    monkeypatch.setattr(db, "build", lambda command, env: builds.append(command))
+    fetched = []
+    pushed = {HUB_BASE: info("sha256:new"), BASE: info("sha256:new")}
+
+    def fetch(reference, logins):
+        fetched.append(reference)
+        return pushed[reference]
+
+    monkeypatch.setattr(db, "fetch_image_info", fetch)
+    registry = db.Registry({})
+    registry.known.update(
+        {
+            HUB_BASE: info("sha256:old"),
+            BASE: info("sha256:old"),
+            HUB_TARGET: info("sha256:new", "sha256:i"),
+            TARGET: info("sha256:new", "sha256:i"),
+        }
+    )
+    base_image = make_image("base", directory="b", base="NONE")
+    images = [base_image, IMG]
+    db.rebuild_images(images, REPOS, False, ["base:latest"], False, registry, {})
+    assert capsys.readouterr().out == (
+        "*** docker.io/user/base\nReason: Rebuild triggered by command line\n\n"
+        "*** ghcr.io/o/base\nReason: Rebuild triggered by command line\n\n"
+    )
+    assert builds == [
+        ["docker", "buildx", "build", "--push", "--tag", HUB_BASE, "b"],
+        ["docker", "buildx", "build", "--push", "--tag", BASE, "b"],
+    ]
+    assert fetched == [HUB_BASE, BASE]
+
+
+def test_rebuild_images_dry_run(monkeypatch, capsys, context):
+    monkeypatch.setattr(db, "build", lambda command, env: pytest.fail("built"))
+    image = make_image("tool:2", image="tool:2", base="NONE")
+    registry = FakeRegistry({})
+    db.rebuild_images([image], REPOS, True, [], True, registry, {})
+    assert capsys.readouterr().out == (
+        "*** docker.io/user/tool:2\nReason: Rebuild triggered by command line\n\n"
+        "*** ghcr.io/o/tool:2\nReason: Rebuild triggered by command line\n\n"
+    )
+
+
+# ----------------------------------------------------------------------------
+# main: command line and order of the checks
+# ----------------------------------------------------------------------------
+
+
+def test_main_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as info:
+        db.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "usage: docker_build [--help] [--all] [--dir DIR] [--dry-run] [--file FILE]\n"
+        "                    [image ...]\n\n"
+        "docker_build - (re)build outdated docker images\n"
+    )
+    assert (
+        "  --file FILE, -f FILE  use FILE as image config (default: 'docker_images')\n"
+    ) in out
+
+
+@pytest.mark.parametrize("option", ["-h", "-?"])
+def test_main_help_short(capsys, option):
+    with pytest.raises(SystemExit) as info:
+        db.main([option])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: docker_build [--help]")
+
+
+def test_main_unknown_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        db.main(["--bogus"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "docker_build: error: unrecognized arguments: --bogus\n"
+    )
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for key in list(os.environ):
+        if key.startswith(("DOCKER_LOGIN", "DOCKER_REPOSITORY")):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "Dockerfile").write_text("FROM alpine\n")
+    (tmp_path / "docker_images").write_text("img\td\n")
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        (
+            {},
+            ["-f", "nofile"],
+            "Can't read images file: [Errno 2] No such file or directory: 'nofile'",
+        ),
+        # DOCKER_REPOSITORY is checked before the logins and the file
+        (
+            {"DOCKER_REPOSITORY": "a___b", "DOCKER_LOGIN": "x"},
+            ["-f", "nofile"],
+            "DOCKER_REPOSITORY: a___b: invalid reference format",
+        ),
+        (
+            {"DOCKER_LOGIN": "x"},
+            ["-C", "nodir"],
+            "DOCKER_LOGIN requires 3 fields: registry user password",
+        ),
+        (
+            {},
+            ["-C", "no", "-C", "dir"],
+            "Can't change directory: [Errno 2] No such file or directory: 'no/dir'",
+        ),
+        # unknown command line images before the missing DOCKER_REPOSITORY
+        ({}, ["other"], "Image other not found in 'docker_images' configuration file"),
+        ({}, [], "img: Environment variable DOCKER_REPOSITORY is not defined"),
+    ],
+)
+def test_main_fatal_errors(clean_env, monkeypatch, capsys, env, argv, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert db.main(argv) == 1
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", message + "\n")
+
+
+def test_main_dry_run_all(clean_env, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("DOCKER_REPOSITORY", "User ghcr.io/o")
+    monkeypatch.setenv("DOCKER_LOGIN_A", "ghcr.io u p")
+    monkeypatch.setattr(db, "fetch_image_info", lambda *a: pytest.fail("lookup"))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "imgs").write_text("tool:2\t../d\tNONE\n")
+    assert db.main(["-n", "-a", "--dir", "sub", "--file", "imgs"]) == 0
+    assert capsys.readouterr().out == (
+        "*** user/tool:2\nReason: Rebuild triggered by command line\n\n"
+        "*** ghcr.io/o/tool:2\nReason: Rebuild triggered by command line\n\n"
+    )
