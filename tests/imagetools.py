@@ -57,72 +57,109 @@ def push_blob(registry: dxf.DXF, data: bytes) -> dict:
     return {"digest": digest, "size": len(data)}
 
 
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def put_manifest(
+    registry: dxf.DXF, version: str, document: dict, media_type: str
+) -> str:
+    """PUT a manifest as given (dxf insists on a mediaType field)."""
+    body = json.dumps(document).encode()
+    registry._request(
+        "put", "manifests/" + version, data=body, headers={"Content-Type": media_type}
+    )
+    return sha256(body), len(body)
+
+
 def push_platform_image(
     registry: dxf.DXF,
     created: str,
     layers: Sequence[str],
     platform: str,
-) -> tuple[dict, str]:
-    """Push layers, config and manifest; return its descriptor and body."""
+    oci: bool,
+) -> dict:
+    """Push layers, config and manifest; return the index entry for it."""
     os_name, arch, *variant = platform.split("/")
+    described = {"os": os_name, "architecture": arch}
+    if variant:
+        described["variant"] = variant[0]
     config = {
-        "architecture": arch,
-        "os": os_name,
+        **described,
         "created": created,
         "rootfs": {"type": "layers", "diff_ids": list(layers)},
     }
-    if variant:
-        config["variant"] = variant[0]
+    media_type = OCI_MANIFEST if oci else SCHEMA2
     manifest = {
         "schemaVersion": 2,
-        "mediaType": SCHEMA2,
         "config": {
-            "mediaType": CONFIG,
+            "mediaType": OCI_CONFIG if oci else CONFIG,
             **push_blob(registry, json.dumps(config).encode()),
         },
         "layers": [
-            {"mediaType": LAYER, **push_blob(registry, layer.encode())}
+            {
+                "mediaType": OCI_LAYER if oci else LAYER,
+                **push_blob(registry, layer.encode()),
+            }
             for layer in layers
         ],
     }
-    body = json.dumps(manifest).encode()
-    digest = sha256(body)
-    registry.set_manifest(digest, body.decode())
-    entry_platform = {"os": os_name, "architecture": arch}
-    if variant:
-        entry_platform["variant"] = variant[0]
-    descriptor = {
-        "mediaType": SCHEMA2,
+    if not oci:  # OCI makes mediaType optional: leave it out
+        manifest["mediaType"] = SCHEMA2
+    digest = sha256(json.dumps(manifest).encode())
+    _, size = put_manifest(registry, digest, manifest, media_type)
+    return {
+        "mediaType": media_type,
         "digest": digest,
-        "size": len(body),
-        "platform": entry_platform,
+        "size": size,
+        "platform": described,
     }
-    return descriptor, body.decode()
 
 
 def push_image(
     reference: str,
     created: str,
-    layers: Sequence[str],
+    layers: Sequence[str] | dict[str, Sequence[str]],
     platforms: Sequence[str] = ("linux/amd64",),
     login: tuple[str, str] | None = None,
     index: bool = False,
+    oci: bool = False,
+    odd_entries: bool = False,
 ) -> None:
-    """Push an image; several platforms (or index=True) make an index."""
+    """Push an image. `layers` may differ per platform (a dict). Several
+    platforms, index=True or odd_entries make an index; odd_entries adds
+    an attestation entry (unknown/unknown) and an entry without platform,
+    as buildx and other tools write them."""
     host, repo, tag = split_reference(reference)
+    per_platform = (
+        layers if isinstance(layers, dict) else dict.fromkeys(platforms, layers)
+    )
     with client(host, repo, login) as registry:
-        pushed = [
-            push_platform_image(registry, created, layers, platform)
-            for platform in platforms
+        entries = [
+            push_platform_image(registry, created, platform_layers, platform, oci)
+            for platform, platform_layers in per_platform.items()
         ]
-        if len(pushed) == 1 and not index:
-            registry.set_manifest(tag, pushed[0][1])
+        if len(entries) == 1 and not (index or odd_entries):
+            manifest_body = registry.get_manifest_and_response(entries[0]["digest"])
+            put_manifest(
+                registry, tag, json.loads(manifest_body[0]), entries[0]["mediaType"]
+            )
             return
-        entries = [descriptor for descriptor, _ in pushed]
-        body = json.dumps(
-            {"schemaVersion": 2, "mediaType": MANIFEST_LIST, "manifests": entries}
-        )
-        registry.set_manifest(tag, body)
+        if odd_entries:
+            attestation = push_platform_image(
+                registry, created, ["sha256:" + "a" * 64], "unknown/unknown", oci
+            )
+            unlabelled = push_platform_image(
+                registry, created, ["sha256:" + "b" * 64], "linux/s390x", oci
+            )
+            del unlabelled["platform"]
+            entries += [attestation, unlabelled]
+        document = {"schemaVersion": 2, "manifests": entries}
+        if not oci:
+            document["mediaType"] = MANIFEST_LIST
+        put_manifest(registry, tag, document, OCI_INDEX if oci else MANIFEST_LIST)
 
 
 def image_config(
