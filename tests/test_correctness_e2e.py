@@ -171,7 +171,8 @@ def test_undefined_variable_in_from(world: World) -> None:
     world.config("# images", "app\tapp")
     fails(
         world.run(),
-        "docker_images line 2: app/Dockerfile line 2: FROM uses undefined variable BASE\n",
+        "docker_images line 2: app/Dockerfile line 2: "
+        "FROM uses undefined variable BASE\n",
     )
 
 
