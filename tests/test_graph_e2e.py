@@ -3,6 +3,8 @@ run, failures that skip dependents, parallel builds, --explain."""
 
 from __future__ import annotations
 
+import os
+
 from conftest import T_COMMIT, T_IMAGE, T_LATER, World
 from imagetools import new_layer
 
@@ -70,7 +72,8 @@ def test_dependents_are_built_after_their_base(world: World) -> None:
     assert world.built() == pushed
     blocks = expected_chain(world).split("\n\n")[:-1]
     assert result.stdout == "".join(
-        f"{block}\n\ndouble: pushed {tag}\n\n" for block, tag in zip(blocks, pushed)
+        f"{block}\n\ndouble: pushed {tag}\n\n"
+        for block, tag in zip(blocks, pushed, strict=True)
     )
     assert world.run().stdout == ""
 
@@ -144,6 +147,8 @@ def test_cycle_is_an_error(world: World) -> None:
 def test_explain(world: World) -> None:
     chain(world)
     world.write("other/new", "x\n", mtime=T_LATER)
+    for path in ("other", "other/Dockerfile"):
+        os.utime(world.root / path, (T_COMMIT, T_COMMIT))
     result = world.run("--explain", "-n")
     assert result.returncode == 0
     assert result.stdout == header(
