@@ -10,10 +10,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -21,8 +19,14 @@ from types import ModuleType
 import bcrypt
 import imagetools
 import pytest
-import requests
-import trustme
+from servers import (
+    FaultProxy,
+    RegistryServer,
+    Tls,
+    TokenServer,
+    make_tls,
+    start_registry,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "docker_build"
@@ -54,31 +58,11 @@ def load_tool() -> ModuleType:
 # ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclasses.dataclass
-class Tls:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
     """A throwaway CA, trusted by requests (and dxf) in this process and in
     every process started from it."""
-    directory = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    paths = Tls(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
-    ca.cert_pem.write_to_path(str(paths.ca_file))
-    cert.private_key_pem.write_to_path(str(paths.key_file))
-    for blob in cert.cert_chain_pems:
-        blob.write_to_path(str(paths.cert_file), append=True)
+    paths = make_tls(tmp_path_factory.mktemp("tls"))
     saved = os.environ.get("REQUESTS_CA_BUNDLE")
     os.environ["REQUESTS_CA_BUNDLE"] = str(paths.ca_file)
     yield paths
@@ -88,13 +72,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
         os.environ["REQUESTS_CA_BUNDLE"] = saved
 
 
-@dataclasses.dataclass
-class Registry:
-    """A running docker-registry on 127.0.0.1."""
-
-    host: str
-    process: subprocess.Popen
-    login: tuple[str, str] | None = None
+class Registry(RegistryServer):
+    """The registry, with helpers to make and read images in it."""
 
     def push(self, reference: str, created: float, layers, **kwargs) -> None:
         imagetools.push_image(
@@ -105,47 +84,17 @@ class Registry:
         return imagetools.image_config(reference, platform, login=self.login)
 
 
-def start_registry(directory: Path, tls: Tls, htpasswd: Path | None) -> Registry:
-    port = free_port()
-    config = {
-        "version": 0.1,
-        "log": {"level": "error", "accesslog": {"disabled": True}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(directory / "data")},
-            "delete": {"enabled": True},
-        },
-        "http": {
-            "addr": f"127.0.0.1:{port}",
-            "tls": {"certificate": str(tls.cert_file), "key": str(tls.key_file)},
-        },
-    }
-    if htpasswd:
-        config["auth"] = {"htpasswd": {"realm": "test", "path": str(htpasswd)}}
-    config_file = directory / "config.yml"
-    config_file.write_text(json.dumps(config))  # JSON is YAML
-    log = open(directory / "registry.log", "wb")  # noqa: SIM115 - lives with the process
-    process = subprocess.Popen(
-        ["docker-registry", "serve", str(config_file)], stdout=log, stderr=log
-    )
-    host = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"https://{host}/v2/", timeout=1, verify=str(tls.ca_file))
-            return Registry(host, process)
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("docker-registry did not start: " + str(directory))
+def start(directory: Path, tls: Tls, **kwargs) -> Registry:
+    server = start_registry(directory, tls, **kwargs)
+    return Registry(server.host, server.process, server.log, server.login)
 
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory, tls: Tls) -> Iterator[Registry]:
     """An open registry over TLS."""
-    server = start_registry(tmp_path_factory.mktemp("registry"), tls, None)
+    server = start(tmp_path_factory.mktemp("registry"), tls, accesslog=True)
     yield server
-    server.process.terminate()
-    server.process.wait()
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -157,11 +106,26 @@ def auth_registry(
     htpasswd = directory / "htpasswd"
     digest = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     htpasswd.write_text(f"{USER}:{digest}\n")
-    server = start_registry(directory, tls, htpasswd)
+    server = start(directory, tls, htpasswd=htpasswd)
     server.login = (USER, PASSWORD)
     yield server
-    server.process.terminate()
-    server.process.wait()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(
+    tmp_path_factory: pytest.TempPathFactory, tls: Tls
+) -> Iterator[Registry]:
+    """A registry with Bearer tokens from the tests' token server, which
+    gives tokens for USER / PASSWORD only."""
+    directory = tmp_path_factory.mktemp("token_registry")
+    tokens = TokenServer(directory, tls, (USER, PASSWORD))
+    server = start(directory, tls, auth=tokens.registry_auth(), accesslog=True)
+    server.login = (USER, PASSWORD)
+    server.tokens = tokens
+    yield server
+    server.stop()
+    tokens.close()
 
 
 # ----------------------------------------------------------------------------
@@ -179,6 +143,7 @@ class World:
     registry: Registry
     namespace: str  # a repository of its own on the registry
     env: dict[str, str]
+    options: tuple[str, ...] = ()  # given to every run
 
     def write(self, name: str, text: str, mtime: float | None = None) -> Path:
         path = self.root / name
@@ -224,7 +189,7 @@ class World:
 
     def run(self, *args: str, env: dict[str, str] | None = None, **kwargs):
         return subprocess.run(
-            [str(TOOL), *args],
+            [str(TOOL), *self.options, *args],
             cwd=kwargs.pop("cwd", self.root),
             env={**self.env, **(env or {})},
             capture_output=True,
@@ -243,7 +208,9 @@ class World:
         return [call["argv"][-2] for call in self.calls()]
 
 
-def make_world(tmp_path: Path, registry: Registry, request, use_git: bool) -> World:
+def make_world(
+    tmp_path: Path, registry: Registry, request, use_git: bool, host: str | None = None
+) -> World:
     root = tmp_path / "project"
     root.mkdir()
     bin_dir = tmp_path / "bin"
@@ -251,7 +218,7 @@ def make_world(tmp_path: Path, registry: Registry, request, use_git: bool) -> Wo
     (bin_dir / "docker").symlink_to(DOUBLE)
     log = tmp_path / "docker.log"
     namespace = (
-        registry.host
+        (host or registry.host)
         + "/"
         + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
     )
@@ -265,34 +232,62 @@ def make_world(tmp_path: Path, registry: Registry, request, use_git: bool) -> Wo
         DOCKER_DOUBLE_LOG=str(log),
         DOCKER_REPOSITORY=namespace,
         LC_ALL="C",
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
     )
-    world = World(root, bin_dir, log, registry, namespace, env)
+    world = World(root, bin_dir, log, registry, namespace, env, request.param)
     if use_git:
         world.git("init", "-q")
     return world
 
 
-@pytest.fixture
+# Every end-to-end scenario runs twice: one look-up at a time, and with the
+# default concurrency; the expected output is the same.
+SEQUENTIAL_AND_DEFAULT = {"params": [("--jobs=1",), ()], "ids": ["jobs1", "default"]}
+
+
+@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
 def world(tmp_path: Path, registry: Registry, request) -> World:
     """A git repository with its own namespace on the open registry."""
     return make_world(tmp_path, registry, request, use_git=True)
 
 
-@pytest.fixture
+@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
 def plain_world(tmp_path: Path, registry: Registry, request) -> World:
     """A project directory outside any git repository."""
     return make_world(tmp_path, registry, request, use_git=False)
 
 
-@pytest.fixture
-def auth_world(tmp_path: Path, auth_registry: Registry, request) -> World:
-    """A git world on the basic-auth registry; the double logs in by a file,
-    the tool by DOCKER_LOGIN."""
-    world = make_world(tmp_path, auth_registry, request, use_git=True)
+def world_with_login(tmp_path: Path, registry: Registry, request) -> World:
+    """A git world on a registry with logins: the double logs in by a file,
+    the tool by DOCKER_LOGIN (set by each test)."""
+    world = make_world(tmp_path, registry, request, use_git=True)
     login_file = tmp_path / "double-login"
     login_file.write_text(f"{USER} {PASSWORD}\n")
     world.env["DOCKER_DOUBLE_LOGIN"] = str(login_file)
     return world
+
+
+@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+def auth_world(tmp_path: Path, auth_registry: Registry, request) -> World:
+    """A git world on the basic-auth registry."""
+    return world_with_login(tmp_path, auth_registry, request)
+
+
+@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+def token_world(tmp_path: Path, token_registry: Registry, request) -> World:
+    """A git world on the Bearer-token registry."""
+    return world_with_login(tmp_path, token_registry, request)
+
+
+@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+def faulty_world(
+    tmp_path: Path, registry: Registry, tls: Tls, request
+) -> Iterator[tuple[World, FaultProxy]]:
+    """A git world whose registry is reached through the fault proxy."""
+    proxy = FaultProxy(registry.host, tls)
+    world = make_world(tmp_path, registry, request, use_git=True, host=proxy.host)
+    yield world, proxy
+    proxy.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import sys
 
-from conftest import PASSWORD, T_COMMIT, T_IMAGE, T_LATER, World, free_port
+from conftest import PASSWORD, T_COMMIT, T_IMAGE, T_LATER, World
 from imagetools import new_layer
+from servers import free_port
 
 BASE_LAYERS = ["sha256:" + "1" * 64, "sha256:" + "2" * 64]
 
