@@ -143,7 +143,7 @@ def test_429_honours_retry_after(faulty_world: tuple[World, FaultProxy]) -> None
     world, proxy = faulty_world
     up_to_date(world)
     proxy.add(
-        "/manifests/", "status", method="HEAD", status=429, headers={"Retry-After": "1"}
+        "/manifests/", "status", method="GET", status=429, headers={"Retry-After": "1"}
     )
     started = time.monotonic()
     ok(world.run())

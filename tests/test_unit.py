@@ -1137,7 +1137,7 @@ def test_registry_authenticator_uses_login():
     assert calls == [("me", "secret", "resp"), (None, None, "resp2")]
 
 
-def test_registry_lookup_remembers_and_forgets(monkeypatch):
+def test_registry_lookup_remembers(monkeypatch):
     calls = []
     info = db.ImageInfo(CREATED, ("sha256:a",))
 
@@ -1157,10 +1157,11 @@ def test_registry_lookup_remembers_and_forgets(monkeypatch):
     assert registry.lookup("docker.io/library/a:latest", AMD) == {"linux/amd64": info}
     assert registry.lookup("index.docker.io/a", AMD) == {"linux/amd64": info}
     assert registry.lookup("a", BOTH) == dict.fromkeys(BOTH, info)
-    registry.forget("docker.io/a")
-    registry.forget("never-known")
+    # each look-up is made once in a run
     assert registry.lookup("a:latest", AMD) == {"linux/amd64": info}
-    assert calls == [("a", AMD, logins), ("a", BOTH, logins), ("a:latest", AMD, logins)]
+    assert registry.lookup("docker.io/a", BOTH) == dict.fromkeys(BOTH, info)
+    assert calls == [("a", AMD, logins), ("a", BOTH, logins)]
+    assert not hasattr(registry, "forget")
 
 
 def test_registry_lookup_invalid_reference():
@@ -1348,7 +1349,8 @@ def test_mtime_tree(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# needs_rebuild and plan_image (registry answers from a dict)
+# needs_rebuild, check_target, decide and plan_rebuilds (registry answers
+# from a dict); rebuild_in_order (subprocess.run replaced)
 # ----------------------------------------------------------------------------
 
 
@@ -1395,11 +1397,39 @@ def context(monkeypatch):
 BASE = "ghcr.io/o/base:latest"
 TARGET = "ghcr.io/o/img:latest"
 IMG = make_image("img", base="$DOCKER_REPOSITORY/base:latest")
+REPOS = ["docker.io/user", "ghcr.io/o"]
+HUB_BASE = "docker.io/user/base:latest"
+HUB_TARGET = "docker.io/user/img:latest"
+
+
+def target(image, repository="ghcr.io/o"):
+    """The one target of an image for one repository."""
+    (found,) = db.image_targets(image, [repository])
+    return found
+
+
+def test_image_targets():
+    assert db.image_targets(IMG, REPOS) == (
+        db.Target(IMG, "docker.io/user", HUB_TARGET, HUB_BASE),
+        db.Target(IMG, "ghcr.io/o", TARGET, BASE),
+    )
+    assert db.image_targets(IMG, []) == ()
+    full = make_image("ghcr.io/o/img", base="$DOCKER_REPOSITORY/base:latest")
+    assert db.image_targets(full, REPOS) == (db.Target(full, None, TARGET, BASE),)
+    tool = make_image("tool:2", image="tool:2", base="NONE")
+    (only,) = db.image_targets(tool, ["user"])
+    assert (only.full_name, only.base_name, only.shown_name) == (
+        "user/tool:2",
+        "NONE",
+        "user/tool:2",
+    )
+    assert target(IMG).shown_name == "ghcr.io/o/img"
+    assert db.image_targets(full, REPOS)[0].shown_name == "ghcr.io/o/img"
 
 
 def test_needs_rebuild_missing_base(context):
     registry = FakeRegistry({BASE: None})
-    assert fatal_message(db.needs_rebuild, IMG, "ghcr.io/o", registry, {}) == (
+    assert fatal_message(db.needs_rebuild, target(IMG), registry, {}) == (
         "Missing base image: ghcr.io/o/base:latest"
     )
     assert registry.calls == [BASE]
@@ -1407,7 +1437,7 @@ def test_needs_rebuild_missing_base(context):
 
 def test_needs_rebuild_missing_image(context):
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: None})
-    reason = db.needs_rebuild(IMG, "ghcr.io/o", registry, {})
+    reason = db.needs_rebuild(target(IMG), registry, {})
     assert reason == "Image missing in repository"
     assert registry.calls == [BASE, TARGET]
     assert context.calls == []
@@ -1417,7 +1447,7 @@ def test_needs_rebuild_base_changed(context):
     registry = FakeRegistry(
         {BASE: info("sha256:b1", "sha256:new"), TARGET: info("sha256:b1", "sha256:i")}
     )
-    assert db.needs_rebuild(IMG, "ghcr.io/o", registry, {}) == "Base image has changed"
+    assert db.needs_rebuild(target(IMG), registry, {}) == "Base image has changed"
     assert context.calls == []
 
 
@@ -1431,7 +1461,7 @@ def test_needs_rebuild_context_time(context, offset, expected):
         {BASE: info("sha256:b"), TARGET: info("sha256:b", "sha256:i")}
     )
     environ = {"K": "V"}
-    assert db.needs_rebuild(IMG, "ghcr.io/o", registry, environ) == expected
+    assert db.needs_rebuild(target(IMG), registry, environ) == expected
     assert context.calls == [("img", environ)]
 
 
@@ -1439,14 +1469,16 @@ def test_needs_rebuild_context_time(context, offset, expected):
 def test_needs_rebuild_untagged_base_never_compared(context, base):
     image = make_image("img", base=base)
     registry = FakeRegistry({"user/img:latest": info("sha256:i")})
-    assert db.needs_rebuild(image, "user", registry, {}) is None
+    assert db.needs_rebuild(target(image, "user"), registry, {}) is None
     assert registry.calls == [base, "user/img:latest"]
 
 
 def test_needs_rebuild_full_name_ignores_repository(context):
     image = make_image("ghcr.io/o/img", base="debian:latest")
     registry = FakeRegistry({"debian:latest": info("sha256:d"), TARGET: None})
-    assert db.needs_rebuild(image, None, registry, {}) == "Image missing in repository"
+    (only,) = db.image_targets(image, REPOS)
+    assert only.repository is None
+    assert db.needs_rebuild(only, registry, {}) == "Image missing in repository"
     assert registry.calls == ["debian:latest", TARGET]
 
 
@@ -1456,7 +1488,7 @@ MULTI = make_image("img", base="$DOCKER_REPOSITORY/base:latest", platforms=BOTH)
 def test_needs_rebuild_image_lacks_a_platform(context):
     found = {"linux/amd64": info("sha256:b", "sha256:i"), "linux/arm64": None}
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: found})
-    assert db.needs_rebuild(MULTI, "ghcr.io/o", registry, {}) == (
+    assert db.needs_rebuild(target(MULTI), registry, {}) == (
         "Image missing in repository for linux/arm64"
     )
     assert context.calls == []
@@ -1465,7 +1497,7 @@ def test_needs_rebuild_image_lacks_a_platform(context):
 def test_needs_rebuild_base_lacks_a_platform(context):
     base = {"linux/amd64": info("sha256:b"), "linux/arm64": None}
     registry = FakeRegistry({BASE: base, TARGET: info("sha256:b")})
-    assert fatal_message(db.needs_rebuild, MULTI, "ghcr.io/o", registry, {}) == (
+    assert fatal_message(db.needs_rebuild, target(MULTI), registry, {}) == (
         "Missing base image: ghcr.io/o/base:latest for linux/arm64"
     )
 
@@ -1478,7 +1510,7 @@ def test_needs_rebuild_oldest_platform_image_decides(context):
         "linux/arm64": info("sha256:b", created=CREATED),
     }
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: found})
-    assert db.needs_rebuild(MULTI, "ghcr.io/o", registry, {}) == "the reason"
+    assert db.needs_rebuild(target(MULTI), registry, {}) == "the reason"
 
 
 def test_needs_rebuild_real_context_outside_git(tmp_path, environ):
@@ -1488,28 +1520,93 @@ def test_needs_rebuild_real_context_outside_git(tmp_path, environ):
     image = make_image("img", directory=str(directory), base="NONE")
     registry = FakeRegistry({"user/img:latest": info("sha256:i")})
     set_tree_mtime(directory, CREATED.timestamp() - 10)
-    assert db.needs_rebuild(image, "user", registry, environ) is None
+    assert db.needs_rebuild(target(image, "user"), registry, environ) is None
     set_tree_mtime(directory, CREATED.timestamp() + 10)
-    assert db.needs_rebuild(image, "user", registry, environ) == (
+    assert db.needs_rebuild(target(image, "user"), registry, environ) == (
         "Files in docker context more recent than image"
     )
 
 
-REPOS = ["docker.io/user", "ghcr.io/o"]
-HUB_BASE = "docker.io/user/base:latest"
-HUB_TARGET = "docker.io/user/img:latest"
+# What check_target finds for an up-to-date image (context: the default value)
+CHECKED = db.Evidence(CREATED.timestamp(), True, CREATED.timestamp() - 1, "mtime")
 
 
-def test_plan_image_forced_without_lookups(context):
+def test_check_target_missing_image(context):
+    registry = FakeRegistry({BASE: info("sha256:b"), TARGET: None})
+    for complete in (False, True):
+        assert db.check_target(target(IMG), registry, {}, complete) == (
+            "Image missing in repository",
+            db.Evidence(),
+        )
+    assert context.calls == []
+
+
+def test_check_target_image_lacks_a_platform(context):
+    found = {"linux/amd64": info("sha256:b", "sha256:i"), "linux/arm64": None}
+    registry = FakeRegistry({BASE: info("sha256:b"), TARGET: found})
+    assert db.check_target(target(MULTI), registry, {}, complete=True) == (
+        "Image missing in repository for linux/arm64",
+        db.Evidence(),
+    )
+
+
+def test_check_target_base_changed_stops_unless_complete(context):
+    context.value = (CREATED.timestamp() + 5, db.REASON_GIT)
+    registry = FakeRegistry({BASE: info("sha256:new"), TARGET: info("sha256:old")})
+    assert db.check_target(target(IMG), registry, {}) == (
+        "Base image has changed",
+        db.Evidence(CREATED.timestamp(), False),
+    )
+    assert context.calls == []
+    # the complete evidence keeps the first reason
+    assert db.check_target(target(IMG), registry, {}, complete=True) == (
+        "Base image has changed",
+        db.Evidence(CREATED.timestamp(), False, CREATED.timestamp() + 5, "commit"),
+    )
+    assert context.calls == [("img", {})]
+
+
+@pytest.mark.parametrize(
+    ("reason", "changed_by"),
+    [(db.REASON_GIT, "commit"), (db.REASON_FILES, "mtime")],
+)
+def test_check_target_up_to_date(context, reason, changed_by):
+    context.value = (CREATED.timestamp() - 1, reason)
+    registry = FakeRegistry({BASE: info("sha256:b"), TARGET: info("sha256:b")})
+    assert db.check_target(target(IMG), registry, {}) == (
+        None,
+        db.Evidence(CREATED.timestamp(), True, CREATED.timestamp() - 1, changed_by),
+    )
+
+
+def test_check_target_context_newer(context):
+    context.value = (CREATED.timestamp() + 1, db.REASON_GIT)
+    registry = FakeRegistry({BASE: info("sha256:b"), TARGET: info("sha256:b")})
+    assert db.check_target(target(IMG), registry, {}) == (
+        "Git change more recent than image",
+        db.Evidence(CREATED.timestamp(), True, CREATED.timestamp() + 1, "commit"),
+    )
+
+
+def test_plan_rebuilds_forced_without_lookups(context):
     registry = FakeRegistry({})
-    plan = db.plan_image(IMG, REPOS, False, ["img:latest"], registry, {})
-    assert plan == db.Plan(IMG, tuple(REPOS), "Rebuild triggered by command line")
-    plan = db.plan_image(IMG, REPOS, True, [], registry, {})
-    assert plan == db.Plan(IMG, tuple(REPOS), "Rebuild triggered by command line")
+    targets = db.image_targets(IMG, REPOS)
+    expected = db.Plan(
+        (
+            db.Decision(
+                IMG, 0, targets, "Rebuild triggered by command line", frozenset()
+            ),
+        )
+    )
+    assert db.plan_rebuilds([IMG], REPOS, False, ["img:latest"], registry, {}) == (
+        expected
+    )
+    assert db.plan_rebuilds([IMG], REPOS, True, [], registry, {}) == expected
     assert registry.calls == []
+    assert context.calls == []
 
 
-def test_plan_image_all_except_named_is_checked(context):
+def test_plan_rebuilds_all_except_named_is_checked(context):
     registry = FakeRegistry(
         {
             HUB_BASE: info("sha256:b"),
@@ -1519,11 +1616,25 @@ def test_plan_image_all_except_named_is_checked(context):
         }
     )
     forced = ["$DOCKER_REPOSITORY/base:latest"]  # named by its base
-    assert db.plan_image(IMG, REPOS, True, forced, registry, {}) is None
+    plan = db.plan_rebuilds([IMG], REPOS, True, forced, registry, {})
+    targets = db.image_targets(IMG, REPOS)
+    assert plan == db.Plan(
+        (
+            db.Decision(
+                IMG,
+                0,
+                targets,
+                None,
+                frozenset(),
+                evidence=(CHECKED, CHECKED),
+                findings=(None, None),
+            ),
+        )
+    )
     assert registry.calls == [HUB_BASE, HUB_TARGET, BASE, TARGET]
 
 
-def test_plan_image_second_repository_decides(context):
+def test_plan_rebuilds_second_repository_decides(context):
     registry = FakeRegistry(
         {
             HUB_BASE: info("sha256:b"),
@@ -1532,66 +1643,335 @@ def test_plan_image_second_repository_decides(context):
             TARGET: None,
         }
     )
-    plan = db.plan_image(IMG, REPOS, False, [], registry, {})
-    assert plan == db.Plan(IMG, tuple(REPOS), "Image missing in repository")
+    plan = db.plan_rebuilds([IMG], REPOS, False, [], registry, {})
+    (decision,) = plan.decisions
+    assert decision == db.Decision(
+        IMG,
+        0,
+        db.image_targets(IMG, REPOS),
+        "Image missing in repository",
+        frozenset(),
+        evidence=(CHECKED, db.Evidence()),
+        findings=(None, "Image missing in repository"),
+    )
     assert registry.calls == [HUB_BASE, HUB_TARGET, BASE, TARGET]
 
 
-def test_plan_image_first_repository_decides(context):
+def test_plan_rebuilds_first_repository_decides(context):
     registry = FakeRegistry({HUB_BASE: info("sha256:new"), HUB_TARGET: info("x")})
-    plan = db.plan_image(IMG, REPOS, False, [], registry, {})
-    assert plan == db.Plan(IMG, tuple(REPOS), "Base image has changed")
+    plan = db.plan_rebuilds([IMG], REPOS, False, [], registry, {})
+    (decision,) = plan.decisions
+    assert decision.reason == "Base image has changed"
+    assert decision.targets == db.image_targets(IMG, REPOS)
+    assert decision.evidence == (db.Evidence(CREATED.timestamp(), False),)
+    assert decision.findings == ("Base image has changed",)
     assert registry.calls == [HUB_BASE, HUB_TARGET]
 
 
-def test_plan_image_full_name(context):
+def test_plan_rebuilds_full_name(context):
     image = make_image("ghcr.io/o/img", base="NONE")
     registry = FakeRegistry({TARGET: None})
-    plan = db.plan_image(image, REPOS, False, [], registry, {})
-    assert plan == db.Plan(image, (None,), "Image missing in repository")
-
-
-def test_rebuild_images_builds_and_forgets(monkeypatch, capsys, context):
-    """A rebuilt image is forgotten: later images see what was just pushed."""
-    builds = []
-    monkeypatch.setattr(db, "build", lambda command, env: builds.append(command))
-    fetched = []
-    answers = {
-        HUB_BASE: info("sha256:old"),
-        BASE: info("sha256:old"),
-        HUB_TARGET: info("sha256:new", "sha256:i"),
-        TARGET: info("sha256:new", "sha256:i"),
-    }
-
-    def fetch(reference, platforms, logins):
-        fetched.append(reference)
-        return dict.fromkeys(platforms, answers[reference])
-
-    monkeypatch.setattr(db, "fetch_image", fetch)
-    registry = db.Registry({})
-    for reference in answers:
-        registry.lookup(reference, AMD)
-    answers[HUB_BASE] = answers[BASE] = info("sha256:new")
-    fetched.clear()
-    base_image = make_image("base", directory="b", base="NONE")
-    images = [base_image, IMG]
-    db.rebuild_images(images, REPOS, False, ["base:latest"], False, registry, {})
-    assert capsys.readouterr().out == (
-        "*** docker.io/user/base\nReason: Rebuild triggered by command line\n\n"
-        "*** ghcr.io/o/base\nReason: Rebuild triggered by command line\n\n"
+    plan = db.plan_rebuilds([image], REPOS, False, [], registry, {})
+    assert plan == db.Plan(
+        (
+            db.Decision(
+                image,
+                0,
+                (db.Target(image, None, TARGET, "NONE"),),
+                "Image missing in repository",
+                frozenset(),
+                evidence=(db.Evidence(),),
+                findings=("Image missing in repository",),
+            ),
+        )
     )
-    assert builds == [
-        ["docker", "buildx", "build", "--push", "--tag", HUB_BASE, "b"],
-        ["docker", "buildx", "build", "--push", "--tag", BASE, "b"],
+
+
+def test_decide_base_to_be_rebuilt_without_lookups(context):
+    registry = FakeRegistry({})
+    targets = db.image_targets(IMG, REPOS)
+    for explain in (False, True):
+        decision = db.decide(
+            IMG, 3, targets, frozenset({1}), True, False, registry, {}, explain
+        )
+        # the reason of the image names its first target's base
+        assert decision == db.Decision(
+            IMG,
+            3,
+            targets,
+            "Base image will be rebuilt: " + HUB_BASE,
+            frozenset({1}),
+            base_rebuilt=True,
+            rebuilt_bases=(HUB_BASE, BASE),
+        )
+        # each target names its own base
+        assert [decision.reason_for(t) for t in targets] == [
+            "Base image will be rebuilt: " + HUB_BASE,
+            "Base image will be rebuilt: " + BASE,
+        ]
+    # forcing wins over the base
+    decision = db.decide(
+        IMG, 3, targets, frozenset({1}), True, True, registry, {}, True
+    )
+    assert decision == db.Decision(
+        IMG, 3, targets, "Rebuild triggered by command line", frozenset({1})
+    )
+    assert [decision.reason_for(t) for t in targets] == [
+        "Rebuild triggered by command line",
+        "Rebuild triggered by command line",
     ]
-    assert fetched == [HUB_BASE, BASE]
+    assert registry.calls == []
+    assert context.calls == []
 
 
-def test_rebuild_images_dry_run(monkeypatch, capsys, context):
-    monkeypatch.setattr(db, "build", lambda command, env: pytest.fail("built"))
+def test_decision_reason_for():
+    targets = db.image_targets(IMG, REPOS)
+    checked = db.Decision(IMG, 0, targets, "why", frozenset())
+    assert [checked.reason_for(t) for t in targets] == ["why", "why"]
+    up_to_date = db.Decision(IMG, 0, targets, None, frozenset())
+    assert [up_to_date.reason_for(t) for t in targets] == [None, None]
+    rebuilt = db.Decision(IMG, 0, targets, "why", frozenset({1}), base_rebuilt=True)
+    assert [rebuilt.reason_for(t) for t in targets] == [
+        "Base image will be rebuilt: docker.io/user/base:latest",
+        "Base image will be rebuilt: ghcr.io/o/base:latest",
+    ]
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_decide_stops_at_the_deciding_target(context, explain):
+    """--explain checks no more targets than a plain run: the second
+    repository is never looked up once the first needs a rebuild."""
+    registry = FakeRegistry({HUB_BASE: info("sha256:b"), HUB_TARGET: None})
+    targets = db.image_targets(IMG, REPOS)
+    decision = db.decide(
+        IMG, 0, targets, frozenset(), False, False, registry, {}, explain
+    )
+    assert decision == db.Decision(
+        IMG,
+        0,
+        targets,
+        "Image missing in repository",
+        frozenset(),
+        evidence=(db.Evidence(),),
+        findings=("Image missing in repository",),
+    )
+    assert registry.calls == [HUB_BASE, HUB_TARGET]
+    assert context.calls == []
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_decide_base_changed_in_first_repository(context, explain):
+    """--explain completes the deciding target's evidence (its context),
+    and checks nothing more."""
+    registry = FakeRegistry(
+        {HUB_BASE: info("sha256:new"), HUB_TARGET: info("sha256:old")}
+    )
+    targets = db.image_targets(IMG, REPOS)
+    decision = db.decide(
+        IMG, 0, targets, frozenset(), False, False, registry, {}, explain
+    )
+    evidence = (
+        db.Evidence(CREATED.timestamp(), False, CREATED.timestamp() - 1, "mtime")
+        if explain
+        else db.Evidence(CREATED.timestamp(), False)
+    )
+    assert decision == db.Decision(
+        IMG,
+        0,
+        targets,
+        "Base image has changed",
+        frozenset(),
+        evidence=(evidence,),
+        findings=("Base image has changed",),
+    )
+    assert registry.calls == [HUB_BASE, HUB_TARGET]
+    assert context.calls == ([("img", {})] if explain else [])
+
+
+def test_decide_explain_every_checked_target(context):
+    """Up-to-date targets are all checked, each with its own finding."""
+    registry = FakeRegistry(
+        {
+            HUB_BASE: info("sha256:b"),
+            HUB_TARGET: info("sha256:b"),
+            BASE: info("sha256:new"),
+            TARGET: info("sha256:old"),
+        }
+    )
+    targets = db.image_targets(IMG, REPOS)
+    decision = db.decide(IMG, 0, targets, frozenset(), False, False, registry, {}, True)
+    assert decision == db.Decision(
+        IMG,
+        0,
+        targets,
+        "Base image has changed",
+        frozenset(),
+        evidence=(
+            CHECKED,
+            db.Evidence(CREATED.timestamp(), False, CREATED.timestamp() - 1, "mtime"),
+        ),
+        findings=(None, "Base image has changed"),
+    )
+    assert registry.calls == [HUB_BASE, HUB_TARGET, BASE, TARGET]
+    assert context.calls == [("img", {}), ("img", {})]
+
+
+@pytest.fixture
+def git_fails(monkeypatch):
+    """context_change fails as git would; the calls are counted."""
+    calls = []
+
+    def fail(image, environ):
+        calls.append(image.name)
+        raise db.Fatal(f"{image.name}: Can't get git status: fatal: broken")
+
+    monkeypatch.setattr(db, "context_change", fail)
+    return calls
+
+
+def test_check_target_git_failure_ignored_with_a_registry_reason(git_fails):
+    registry = FakeRegistry({BASE: info("sha256:new"), TARGET: info("sha256:old")})
+    assert db.check_target(target(IMG), registry, {}, complete=True) == (
+        "Base image has changed",
+        db.Evidence(CREATED.timestamp(), False),
+    )
+    assert git_fails == ["img"]
+
+
+@pytest.mark.parametrize("complete", [False, True])
+def test_check_target_git_failure_without_a_registry_reason(git_fails, complete):
+    registry = FakeRegistry({BASE: info("sha256:b"), TARGET: info("sha256:b")})
+    assert fatal_message(db.check_target, target(IMG), registry, {}, complete) == (
+        "img: Can't get git status: fatal: broken"
+    )
+    assert git_fails == ["img"]
+
+
+def test_plan_rebuilds_explain_ignores_git_failure_of_decided_target(git_fails):
+    """A plain run never asks git about an image whose base has changed:
+    neither does -v fail on it."""
+    registry = FakeRegistry(
+        {HUB_BASE: info("sha256:new"), HUB_TARGET: info("sha256:old")}
+    )
+    plain = db.plan_rebuilds([IMG], REPOS, False, [], registry, {})
+    assert git_fails == []
+    explained = db.plan_rebuilds([IMG], REPOS, False, [], registry, {}, True)
+    assert git_fails == ["img"]
+    targets = db.image_targets(IMG, REPOS)
+    expected = db.Decision(
+        IMG,
+        0,
+        targets,
+        "Base image has changed",
+        frozenset(),
+        evidence=(db.Evidence(CREATED.timestamp(), False),),
+        findings=("Base image has changed",),
+    )
+    assert plain == explained == db.Plan((expected,))
+    assert registry.calls == [HUB_BASE, HUB_TARGET, HUB_BASE, HUB_TARGET]
+
+
+class FakeRun:
+    """Replaces subprocess.run: records the commands, returns `codes`
+    (by full name, 0 for any other)."""
+
+    def __init__(self, codes=None):
+        self.codes = codes or {}
+        self.calls = []
+
+    def __call__(self, command, check, env):
+        self.calls.append((command, check, env))
+        return subprocess.CompletedProcess(command, self.codes.get(command[-2], 0))
+
+
+def test_rebuild_in_order_builds_bases_first(monkeypatch, capsys, context):
+    """A dependent listed before its base is built after it, and without
+    look-ups: its base will be rebuilt."""
+    run = FakeRun()
+    monkeypatch.setattr(db.subprocess, "run", run)
+    registry = FakeRegistry({})
+    base_image = make_image("base", directory="b", base="NONE")
+    plan = db.plan_rebuilds(
+        [IMG, base_image], ["ghcr.io/o"], False, ["base:latest"], registry, {}
+    )
+    environ = {"K": "V"}
+    db.rebuild_in_order(plan, False, environ)
+    assert capsys.readouterr().out == (
+        "*** ghcr.io/o/base\nReason: Rebuild triggered by command line\n\n\n"
+        "*** ghcr.io/o/img\n"
+        "Reason: Base image will be rebuilt: ghcr.io/o/base:latest\n\n\n"
+    )
+    assert run.calls == [
+        (["docker", "buildx", "build", "--push", "--tag", BASE, "b"], False, environ),
+        (
+            [
+                "docker",
+                "buildx",
+                "build",
+                "--build-arg",
+                "DOCKER_REPOSITORY=ghcr.io/o",
+                "--push",
+                "--tag",
+                TARGET,
+                "d",
+            ],
+            False,
+            environ,
+        ),
+    ]
+    assert registry.calls == []
+
+
+def test_rebuild_in_order_every_repository_skips_up_to_date(monkeypatch, capsys):
+    run = FakeRun()
+    monkeypatch.setattr(db.subprocess, "run", run)
+    tool = make_image("tool:2", image="tool:2", directory="t", base="NONE")
+    other = make_image("other", directory="o", base="NONE")
+    plan = db.Plan(
+        (
+            db.Decision(other, 1, db.image_targets(other, REPOS), None, frozenset()),
+            db.Decision(tool, 0, db.image_targets(tool, REPOS), "why", frozenset()),
+        )
+    )
+    db.rebuild_in_order(plan, False, {})
+    assert capsys.readouterr().out == (
+        "*** docker.io/user/tool:2\nReason: why\n\n\n"
+        "*** ghcr.io/o/tool:2\nReason: why\n\n\n"
+    )
+    assert [command[-2] for command, _, _ in run.calls] == [
+        "docker.io/user/tool:2",
+        "ghcr.io/o/tool:2",
+    ]
+
+
+def test_rebuild_in_order_stops_at_first_failure(monkeypatch, capsys):
+    run = FakeRun({"user/b:latest": 7, "user/c:latest": 3})
+    monkeypatch.setattr(db.subprocess, "run", run)
+    images = [make_image(name, directory=name, base="NONE") for name in "abc"]
+    plan = db.Plan(
+        tuple(
+            db.Decision(image, n, db.image_targets(image, ["user"]), "r", frozenset())
+            for n, image in enumerate(images)
+        )
+    )
+    with pytest.raises(db.Fatal) as failure:
+        db.rebuild_in_order(plan, False, {})
+    assert (failure.value.message, failure.value.code) == (None, 7)
+    assert capsys.readouterr().out == (
+        "*** user/a\nReason: r\n\n\n*** user/b\nReason: r\n\n"
+    )
+    assert [command[-2] for command, _, _ in run.calls] == [
+        "user/a:latest",
+        "user/b:latest",
+    ]
+
+
+def test_rebuild_in_order_dry_run(monkeypatch, capsys, context):
+    monkeypatch.setattr(db.subprocess, "run", lambda *a, **k: pytest.fail("built"))
     image = make_image("tool:2", image="tool:2", base="NONE")
     registry = FakeRegistry({})
-    db.rebuild_images([image], REPOS, True, [], True, registry, {})
+    plan = db.plan_rebuilds([image], REPOS, True, [], registry, {})
+    db.rebuild_in_order(plan, True, {})
     assert capsys.readouterr().out == (
         "*** docker.io/user/tool:2\nReason: Rebuild triggered by command line\n\n"
         "*** ghcr.io/o/tool:2\nReason: Rebuild triggered by command line\n\n"
@@ -1611,12 +1991,15 @@ def test_main_help(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.startswith(
         "usage: docker_build [--help] [--all] [--dir DIR] [--dry-run] [--file FILE]\n"
+        "                    [--build-jobs N] [--explain]\n"
         "                    [image ...]\n\n"
         "docker_build - (re)build outdated docker images\n"
     )
-    assert (
+    assert out.endswith(
         "  --file FILE, -f FILE  use FILE as image config (default: 'docker_images')\n"
-    ) in out
+        "  --build-jobs N        run up to N builds at once (default: 1)\n"
+        "  --explain, -v         print the evidence for every image on stderr\n"
+    )
 
 
 @pytest.mark.parametrize("option", ["-h", "-?"])
