@@ -198,6 +198,22 @@ class World:
             **kwargs,
         )
 
+    def up_to_date(self, *names: str, base_layers: list[str] | None = None) -> str:
+        """Images (`app` by default) built on base:1, all up to date and
+        committed; returns the base's reference."""
+        base = self.ref("base:1")
+        layers = ["sha256:" + "1" * 64] if base_layers is None else base_layers
+        self.registry.push(base, T_COMMIT, layers)
+        for name in names or ("app",):
+            self.dockerfile(name, base)
+        self.config(*(f"{name}\t{name}" for name in names or ("app",)))
+        self.commit()
+        for name in names or ("app",):
+            self.registry.push(
+                self.ref(name), T_IMAGE, [*layers, imagetools.new_layer(name)]
+            )
+        return base
+
     def calls(self) -> list[dict]:
         """What the docker double was asked to do, in order."""
         if not self.log.exists():
@@ -234,7 +250,8 @@ def make_world(
         LC_ALL="C",
         XDG_CACHE_HOME=str(tmp_path / "cache"),
     )
-    world = World(root, bin_dir, log, registry, namespace, env, request.param)
+    options = getattr(request, "param", ())
+    world = World(root, bin_dir, log, registry, namespace, env, options)
     if use_git:
         world.git("init", "-q")
     return world
@@ -288,6 +305,26 @@ def faulty_world(
     world = make_world(tmp_path, registry, request, use_git=True, host=proxy.host)
     yield world, proxy
     proxy.close()
+
+
+@pytest.fixture
+def world_factory(tmp_path: Path, tls: Tls, request) -> Iterator:
+    """Makes a git world on a given registry, reached through a fault
+    proxy, with the double logged in when the registry wants a login."""
+    proxies: list[FaultProxy] = []
+
+    def make(registry: Registry) -> tuple[World, FaultProxy]:
+        proxy = FaultProxy(registry.host, tls)
+        proxies.append(proxy)
+        world = make_world(tmp_path, registry, request, use_git=True, host=proxy.host)
+        login_file = tmp_path / "double-login"
+        login_file.write_text(f"{USER} {PASSWORD}\n")
+        world.env["DOCKER_DOUBLE_LOGIN"] = str(login_file)
+        return world, proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

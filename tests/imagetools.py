@@ -175,3 +175,18 @@ def image_config(
         except (dxf.exceptions.DXFUnauthorizedError, requests.HTTPError):
             return None
         return json.loads(b"".join(registry.pull_blob(digest)))
+
+
+def push_raw_config(
+    reference: str, config: bytes, login: tuple[str, str] | None = None
+) -> None:
+    """Push an image whose config blob is exactly `config` (valid or not)."""
+    host, repo, tag = split_reference(reference)
+    with client(host, repo, login) as registry:
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": SCHEMA2,
+            "config": {"mediaType": CONFIG, **push_blob(registry, config)},
+            "layers": [],
+        }
+        registry.set_manifest(tag, json.dumps(manifest))

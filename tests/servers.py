@@ -244,6 +244,12 @@ class FaultProxy:
         }
         if fault and fault.action == "body" and fault.rewrite:
             content = fault.rewrite(content)
+            for key, value in fault.headers.items():  # "" removes a header
+                answer_headers = {
+                    k: v for k, v in answer_headers.items() if k.lower() != key.lower()
+                }
+                if value:
+                    answer_headers[key] = value
         if fault and fault.action == "truncate":
             handler.send_response(upstream.status_code)
             for key, value in answer_headers.items():
@@ -288,6 +294,7 @@ class TokenServer:
         self, directory: Path, tls: Tls, login: tuple[str, str] | None
     ) -> None:
         self.login = login
+        self.hidden: set[str] = set()  # repositories a token never grants
         self.issued: list[str] = []  # the scope of every token given out
         self.refused = 0
         ca = trustme.CA()
@@ -376,7 +383,8 @@ class TokenServer:
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            granted = [] if name in self.hidden else actions.split(",")
+            access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         header = {"alg": "ES256", "typ": "JWT", "x5c": self.chain}
         claims = {

@@ -8,22 +8,11 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import PASSWORD, T_COMMIT, T_IMAGE, T_LATER, World
+from conftest import PASSWORD, T_LATER, World
 from imagetools import new_layer
 from servers import FaultProxy
 
 BASE = ["sha256:" + "1" * 64]
-
-
-def up_to_date(world: World, names: tuple[str, ...] = ("app",)) -> None:
-    base = world.ref("base:1")
-    world.registry.push(base, T_COMMIT, BASE)
-    for name in names:
-        world.dockerfile(name, base)
-    world.config(*(f"{name}\t{name}" for name in names))
-    world.commit()
-    for name in names:
-        world.registry.push(world.ref(name), T_IMAGE, [*BASE, new_layer(name)])
 
 
 def methods(proxy: FaultProxy) -> list[tuple[str, str]]:
@@ -37,7 +26,7 @@ def ok(result, stdout: str = "") -> None:
 
 def test_cold_then_warm_run(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     proxy.seen.clear()
     ok(world.run())
     # per image: GET of the manifest and of the config (with an empty cache
@@ -60,7 +49,7 @@ def test_cold_then_warm_run(faulty_world: tuple[World, FaultProxy]) -> None:
 
 def test_changed_tag_is_fetched_again(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     ok(world.run())
     world.registry.push(world.ref("base:1"), T_LATER, [new_layer("new")])
     proxy.seen.clear()
@@ -77,7 +66,7 @@ def test_changed_tag_is_fetched_again(faulty_world: tuple[World, FaultProxy]) ->
 
 def test_no_cache(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     ok(world.run("--no-cache"))
     proxy.seen.clear()
     ok(world.run("--no-cache"))
@@ -95,7 +84,7 @@ def test_corrupt_cache_is_ignored_and_rebuilt(
     faulty_world: tuple[World, FaultProxy],
 ) -> None:
     world, _ = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     cache = world.root.parent / "cache" / "docker_build" / "manifests.json"
     cache.parent.mkdir(parents=True)
     cache.write_text('{"version": 1, "entries": {"sha256:x": {"platforms": 7}}}')
@@ -111,7 +100,7 @@ def test_corrupt_cache_is_ignored_and_rebuilt(
 def test_token_and_challenge_reused(token_world: World) -> None:
     world = token_world
     login = {"DOCKER_LOGIN_T": f"{world.registry.host} builder {PASSWORD}"}
-    up_to_date(world, ("one", "two", "three"))
+    world.up_to_date("one", "two", "three")
     tokens = world.registry.tokens
     tokens.issued.clear()
     logged = len(world.registry.requests_logged())
@@ -133,7 +122,7 @@ def test_token_and_challenge_reused(token_world: World) -> None:
 
 def test_503_burst_is_retried(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     proxy.add("/manifests/", "status", method="GET", times=2, status=503)
     ok(world.run())
     assert sum(1 for m in methods(proxy) if m == ("GET", "manifests")) >= 4
@@ -141,7 +130,7 @@ def test_503_burst_is_retried(faulty_world: tuple[World, FaultProxy]) -> None:
 
 def test_429_honours_retry_after(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     proxy.add(
         "/manifests/", "status", method="GET", status=429, headers={"Retry-After": "1"}
     )
@@ -152,21 +141,21 @@ def test_429_honours_retry_after(faulty_world: tuple[World, FaultProxy]) -> None
 
 def test_connection_reset_is_retried(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     proxy.add("/blobs/", "reset", times=2)
     ok(world.run())
 
 
 def test_truncated_body_is_retried(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     proxy.add("/blobs/", "truncate")
     ok(world.run())
 
 
 def test_retries_are_bounded(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     proxy.seen.clear()
     proxy.add(
         "/app/manifests/", "status", times=100, status=500, headers={"Retry-After": "0"}
@@ -184,7 +173,7 @@ def test_retries_are_bounded(faulty_world: tuple[World, FaultProxy]) -> None:
 
 def test_other_errors_are_not_retried(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
-    up_to_date(world)
+    world.up_to_date()
     proxy.seen.clear()
     proxy.add("/app/manifests/", "status", times=100, status=400)
     result = world.run()
