@@ -307,6 +307,33 @@ def faulty_world(
     proxy.close()
 
 
+@pytest.fixture(scope="session")
+def http_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry without TLS, as many run on localhost:5000."""
+    server = start(tmp_path_factory.mktemp("http_registry"), None)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+def http_world(
+    tmp_path: Path, http_registry: Registry, request, monkeypatch
+) -> Iterator:
+    """Makes git worlds on the plain-HTTP registry, named by `host` (for
+    example localhost:PORT); the tests and the double push over HTTP."""
+    port = http_registry.host.rpartition(":")[2]
+
+    def make(name: str) -> World:
+        host = f"{name}:{port}"
+        plain = f"{http_registry.host} {host}"
+        monkeypatch.setenv("TEST_PLAIN_HTTP_HOSTS", plain)
+        world = make_world(tmp_path, http_registry, request, use_git=True, host=host)
+        world.env["TEST_PLAIN_HTTP_HOSTS"] = plain
+        return world
+
+    return make
+
+
 @pytest.fixture
 def world_factory(tmp_path: Path, tls: Tls, request) -> Iterator:
     """Makes a git world on a given registry, reached through a fault

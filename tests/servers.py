@@ -74,7 +74,7 @@ class RegistryServer:
 
 def start_registry(
     directory: Path,
-    tls: Tls,
+    tls: Tls | None,
     htpasswd: Path | None = None,
     accesslog: bool = False,
     auth: dict | None = None,
@@ -87,11 +87,13 @@ def start_registry(
             "filesystem": {"rootdirectory": str(directory / "data")},
             "delete": {"enabled": True},
         },
-        "http": {
-            "addr": f"127.0.0.1:{port}",
-            "tls": {"certificate": str(tls.cert_file), "key": str(tls.key_file)},
-        },
+        "http": {"addr": f"127.0.0.1:{port}"},
     }
+    if tls:
+        config["http"]["tls"] = {
+            "certificate": str(tls.cert_file),
+            "key": str(tls.key_file),
+        }
     if htpasswd:
         config["auth"] = {"htpasswd": {"realm": "test", "path": str(htpasswd)}}
     if auth:
@@ -107,7 +109,8 @@ def start_registry(
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
-            requests.get(f"https://{host}/v2/", timeout=1, verify=str(tls.ca_file))
+            scheme = "https" if tls else "http"
+            requests.get(f"{scheme}://{host}/v2/", timeout=1)
             return RegistryServer(host, process, log_path)
         except requests.ConnectionError:
             time.sleep(0.05)
@@ -278,6 +281,7 @@ class FaultProxy:
 # ----------------------------------------------------------------------------
 
 SERVICE = "test-registry"
+USER_OF_TOKENS = "identity-user"
 ISSUER = "test-issuer"
 
 
@@ -295,6 +299,7 @@ class TokenServer:
     ) -> None:
         self.login = login
         self.hidden: set[str] = set()  # repositories a token never grants
+        self.identity_token = "identity-" + b64url(os.urandom(9))
         self.issued: list[str] = []  # the scope of every token given out
         self.refused = 0
         ca = trustme.CA()
@@ -327,6 +332,9 @@ class TokenServer:
 
             def do_GET(self) -> None:
                 server.answer(self)
+
+            def do_POST(self) -> None:
+                server.refresh(self)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -363,6 +371,24 @@ class TokenServer:
             self.issued.extend(scopes)
             token = self.token(user or "", scopes)
             body = json.dumps({"token": token, "access_token": token}).encode()
+            handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def refresh(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        """The OAuth2 refresh-token grant, for identity tokens."""
+        length = int(handler.headers.get("Content-Length") or 0)
+        form = urllib.parse.parse_qs(handler.rfile.read(length).decode())
+        if form.get("refresh_token") != [self.identity_token]:
+            self.refused += 1
+            body = b'{"errors": [{"code": "UNAUTHORIZED"}]}'
+            handler.send_response(401)
+        else:
+            self.issued.extend(form.get("scope", []))
+            token = self.token(USER_OF_TOKENS, form.get("scope", []))
+            body = json.dumps({"access_token": token}).encode()
             handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))
