@@ -43,12 +43,18 @@ def fatal_message(func, *args, code=1):
 
 class FakeRegistry(db.Registry):
     """A Registry whose look-ups come from `infos` (an ImageInfo serves
-    every platform), recorded in `calls`."""
+    every platform), recorded in `calls`; what is prefetched is recorded
+    in `prefetched`."""
 
     def __init__(self, infos=None):
         super().__init__({})
         self.infos = infos or {}
         self.calls = []
+        self.prefetched = []
+
+    def prefetch(self, wanted):
+        """Record what a run would ask for up front; start nothing."""
+        self.prefetched.extend(wanted)
 
     def lookup(self, reference, platforms):
         self.calls.append(reference)
@@ -65,21 +71,33 @@ def info(*layers, created=CREATED):
     return db.ImageInfo(created, layers)
 
 
+class FakeContexts:
+    """Stands in for ContextChanges: every build directory last changed at
+    `value` (time, reason); the images asked about are in `calls`, those
+    asked about up front in `prefetched`."""
+
+    def __init__(self, value=None):
+        self.value = value
+        self.calls = []
+        self.prefetched = []
+
+    def prefetch(self, images):
+        self.prefetched.extend(image.name for image in images)
+
+    def get(self, image):
+        self.calls.append(image.name)
+        assert self.value is not None, f"unexpected question about {image.name}"
+        return self.value
+
+    def close(self):
+        pass
+
+
 @pytest.fixture
-def context(monkeypatch):
-    """Replace context_change: every build directory last changed a second
-    before CREATED, by a commit."""
-
-    class Context:
-        value = (CREATED.timestamp() - 1, db.REASON_GIT)
-        calls: ClassVar[list] = []
-
-    def fake(image, environ):
-        Context.calls.append(image.name)
-        return Context.value
-
-    monkeypatch.setattr(db, "context_change", fake)
-    return Context
+def context():
+    """Every build directory last changed a second before CREATED, by a
+    commit."""
+    return FakeContexts((CREATED.timestamp() - 1, db.REASON_GIT))
 
 
 def graph_of(images, repositories=GHCR):
@@ -277,9 +295,9 @@ def test_build_order_cycle_of_images(context):
         make_image("b:2", "$DOCKER_REPOSITORY/a:1"),
     ]
     registry = FakeRegistry()
-    assert fatal_message(db.plan_rebuilds, images, REPOS, True, [], registry, {}) == (
-        "Dependency cycle: a:1 -> b:2 -> a:1"
-    )
+    assert fatal_message(
+        db.plan_rebuilds, images, REPOS, True, [], registry, context
+    ) == ("Dependency cycle: a:1 -> b:2 -> a:1")
     assert registry.calls == []
 
 
@@ -299,7 +317,7 @@ UP_TO_DATE = info("sha256:b")
 def test_plan_rebuilds_propagates_without_lookups(context):
     images = [make_image("app", "$DOCKER_REPOSITORY/base"), make_image("base")]
     registry = FakeRegistry({"ghcr.io/o/base:latest": None})
-    plan = db.plan_rebuilds(images, GHCR, False, [], registry, {})
+    plan = db.plan_rebuilds(images, GHCR, False, [], registry, context)
     assert reasons(plan) == [
         ("base", MISSING),
         ("app", "Base image will be rebuilt: ghcr.io/o/base:latest"),
@@ -319,6 +337,14 @@ def test_plan_rebuilds_propagates_without_lookups(context):
     )
     # app's missing base is never looked up: it will be built first
     assert registry.calls == ["NONE", "ghcr.io/o/base:latest"]
+    # (though asked for up front, before the plan knew)
+    assert registry.prefetched == [
+        ("ghcr.io/o/base:latest", AMD),
+        ("ghcr.io/o/app:latest", AMD),
+        ("NONE", AMD),
+        ("ghcr.io/o/base:latest", AMD),
+    ]
+    assert context.prefetched == ["app", "base"]
 
 
 def test_plan_rebuilds_transitive(context):
@@ -329,7 +355,7 @@ def test_plan_rebuilds_transitive(context):
         make_image("other"),
     ]
     registry = FakeRegistry({"ghcr.io/o/other:latest": UP_TO_DATE})
-    plan = db.plan_rebuilds(images, GHCR, False, ["base:1"], registry, {})
+    plan = db.plan_rebuilds(images, GHCR, False, ["base:1"], registry, context)
     assert reasons(plan) == [
         ("base:1", FORCED),
         ("mid:2", "Base image will be rebuilt: ghcr.io/o/base:1"),
@@ -337,6 +363,16 @@ def test_plan_rebuilds_transitive(context):
         ("other", None),
     ]
     assert registry.calls == ["NONE", "ghcr.io/o/other:latest"]
+    # the forced image is not asked for up front
+    assert registry.prefetched == [
+        ("ghcr.io/o/mid:2", AMD),
+        ("ghcr.io/o/top:3", AMD),
+        ("ghcr.io/o/base:1", AMD),
+        ("ghcr.io/o/mid:2", AMD),
+        ("NONE", AMD),
+        ("ghcr.io/o/other:latest", AMD),
+    ]
+    assert context.prefetched == ["top:3", "mid:2", "other"]
 
 
 def test_plan_rebuilds_up_to_date_base_and_dependent(context):
@@ -347,7 +383,7 @@ def test_plan_rebuilds_up_to_date_base_and_dependent(context):
             "ghcr.io/o/app:latest": info("sha256:b", "sha256:a"),
         }
     )
-    plan = db.plan_rebuilds(images, GHCR, False, [], registry, {})
+    plan = db.plan_rebuilds(images, GHCR, False, [], registry, context)
     assert reasons(plan) == [("base", None), ("app", None)]
     assert registry.calls == [
         "NONE",
@@ -367,14 +403,14 @@ def test_plan_rebuilds_dependent_checked_on_its_own(context):
             "ghcr.io/o/app:latest": info("sha256:old", "sha256:a"),
         }
     )
-    plan = db.plan_rebuilds(images, GHCR, False, [], registry, {})
+    plan = db.plan_rebuilds(images, GHCR, False, [], registry, context)
     assert reasons(plan) == [("base", None), ("app", "Base image has changed")]
 
 
 def test_plan_rebuilds_forcing_the_base_image_propagates(context):
     images = [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")]
     registry = FakeRegistry()
-    plan = db.plan_rebuilds(images, REPOS, False, ["base:latest"], registry, {})
+    plan = db.plan_rebuilds(images, REPOS, False, ["base:latest"], registry, context)
     assert reasons(plan) == [
         ("base", FORCED),
         ("app", "Base image will be rebuilt: docker.io/user/base:latest"),
@@ -393,7 +429,7 @@ def test_plan_rebuilds_forcing_a_base_name_propagates(context):
     registry = FakeRegistry(
         {"debian:latest": UP_TO_DATE, "ghcr.io/o/lone:latest": UP_TO_DATE}
     )
-    plan = db.plan_rebuilds(images, GHCR, False, ["alpine:latest"], registry, {})
+    plan = db.plan_rebuilds(images, GHCR, False, ["alpine:latest"], registry, context)
     assert reasons(plan) == [
         ("app", FORCED),
         ("top", "Base image will be rebuilt: ghcr.io/o/app:latest"),
@@ -409,7 +445,7 @@ def test_plan_rebuilds_forcing_a_repository_base_name(context):
     ]
     registry = FakeRegistry({"ghcr.io/o/base:latest": UP_TO_DATE})
     forced = ["$DOCKER_REPOSITORY/base:latest"]
-    plan = db.plan_rebuilds(images, GHCR, False, forced, registry, {})
+    plan = db.plan_rebuilds(images, GHCR, False, forced, registry, context)
     assert reasons(plan) == [
         ("base", None),
         ("app", FORCED),
@@ -424,7 +460,7 @@ def test_plan_rebuilds_all_with_excluded_dependent(context):
         make_image("tool"),
     ]
     registry = FakeRegistry()
-    plan = db.plan_rebuilds(images, GHCR, True, ["app:latest"], registry, {})
+    plan = db.plan_rebuilds(images, GHCR, True, ["app:latest"], registry, context)
     assert reasons(plan) == [
         ("base", FORCED),
         ("app", "Base image will be rebuilt: ghcr.io/o/base:latest"),
@@ -436,7 +472,7 @@ def test_plan_rebuilds_all_with_excluded_dependent(context):
 def test_plan_rebuilds_all_with_excluded_base(context):
     images = [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")]
     registry = FakeRegistry({"ghcr.io/o/base:latest": UP_TO_DATE})
-    plan = db.plan_rebuilds(images, GHCR, True, ["base:latest"], registry, {})
+    plan = db.plan_rebuilds(images, GHCR, True, ["base:latest"], registry, context)
     assert reasons(plan) == [("base", None), ("app", FORCED)]
 
 
@@ -447,7 +483,7 @@ def test_plan_rebuilds_names_the_matching_repository_base(context):
         make_image("ghcr.io/o/base"),
     ]
     registry = FakeRegistry({"ghcr.io/o/base:latest": None})
-    plan = db.plan_rebuilds(images, REPOS, False, [], registry, {})
+    plan = db.plan_rebuilds(images, REPOS, False, [], registry, context)
     base, app = plan.decisions
     assert (base.image.name, base.reason) == ("ghcr.io/o/base", MISSING)
     assert (app.image.name, app.base_rebuilt, app.bases) == ("app", True, {1})
@@ -463,7 +499,7 @@ def test_plan_rebuilds_never_names_a_base_that_is_not_rebuilt(context):
         make_image("ghcr.io/o/base"),
     ]
     registry = FakeRegistry({"ghcr.io/o/base:latest": None})
-    plan = db.plan_rebuilds(images, REPOS, False, [], registry, {})
+    plan = db.plan_rebuilds(images, REPOS, False, [], registry, context)
     app = plan.decisions[1]
     assert [app.reason_for(target) for target in app.targets] == [
         "Base image will be rebuilt: ghcr.io/o/base:latest",
@@ -475,7 +511,7 @@ def test_plan_rebuilds_names_the_base_as_spelled(context):
     images = [make_image("base"), make_image("app", "user/base")]
     registry = FakeRegistry()
     forced = ["app:latest"]
-    plan = db.plan_rebuilds(images, ["docker.io/user"], True, forced, registry, {})
+    plan = db.plan_rebuilds(images, ["docker.io/user"], True, forced, registry, context)
     assert reasons(plan) == [
         ("base", FORCED),
         ("app", "Base image will be rebuilt: user/base:latest"),
@@ -490,7 +526,7 @@ def test_plan_rebuilds_explain_keeps_the_evidence(context):
             "ghcr.io/o/base:latest": None,
         }
     )
-    plan = db.plan_rebuilds(images, REPOS, False, [], registry, {}, explain=True)
+    plan = db.plan_rebuilds(images, REPOS, False, [], registry, context, explain=True)
     checked = db.Evidence(CREATED.timestamp(), True, CREATED.timestamp() - 1, "commit")
     assert [(d.reason, d.evidence) for d in plan.decisions] == [
         (MISSING, (checked, db.Evidence())),
@@ -566,7 +602,9 @@ def test_explain_every_image_on_stderr(context, capsys):
             "ghcr.io/o/full:latest": None,
         }
     )
-    plan = db.plan_rebuilds(images, REPOS, False, ["tool:latest"], registry, {}, True)
+    plan = db.plan_rebuilds(
+        images, REPOS, False, ["tool:latest"], registry, context, True
+    )
     db.explain(plan)
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -606,7 +644,7 @@ def test_explain_unchecked_targets(context, capsys):
         }
     )
     forced = ["base:latest"]
-    plan = db.plan_rebuilds(images, REPOS, False, forced, registry, {}, True)
+    plan = db.plan_rebuilds(images, REPOS, False, forced, registry, context, True)
     db.explain(plan)
     checked = (
         "image created 2024-01-02T03:04:05Z; base layer found; "
@@ -662,7 +700,7 @@ def test_plan_rebuilds_explain_checks_no_more_targets(context, explain):
             "docker.io/user/app:latest": info("sha256:x", "sha256:a"),
         }
     )
-    plan = db.plan_rebuilds(images, REPOS, False, [], registry, {}, explain)
+    plan = db.plan_rebuilds(images, REPOS, False, [], registry, context, explain)
     (app,) = plan.decisions
     assert (app.reason, app.findings) == (
         "Base image has changed",
@@ -673,6 +711,15 @@ def test_plan_rebuilds_explain_checks_no_more_targets(context, explain):
         "docker.io/user/app:latest",
     ]
     assert context.calls == (["app"] if explain else [])
+    # all was asked for up front, in the order of the checks; what is not
+    # waited for cannot fail the run
+    assert registry.prefetched == [
+        ("docker.io/user/base:latest", AMD),
+        ("docker.io/user/app:latest", AMD),
+        ("ghcr.io/o/base:latest", AMD),
+        ("ghcr.io/o/app:latest", AMD),
+    ]
+    assert context.prefetched == ["app"]
 
 
 # ----------------------------------------------------------------------------
@@ -701,6 +748,27 @@ def test_parser_defaults_and_options():
     assert parser.parse_args(["--explain"]).explain is True
 
 
+def test_parser_jobs_and_no_cache():
+    parser = db.build_parser()
+    args = parser.parse_args([])
+    assert (args.jobs, args.no_cache) == (8, False)
+    assert db.DEFAULT_JOBS == 8
+    args = parser.parse_args(["--jobs", "3", "--no-cache"])
+    assert (args.jobs, args.no_cache) == (3, True)
+    assert parser.parse_args(["-j", "1"]).jobs == 1
+    assert parser.parse_args(["-j2"]).jobs == 2
+
+
+@pytest.mark.parametrize("option", ["--jobs", "-j"])
+def test_main_jobs_invalid(capsys, option):
+    with pytest.raises(SystemExit) as info:
+        db.main([option, "0"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "docker_build: error: argument --jobs/-j: not a positive whole number: '0'\n"
+    )
+
+
 @pytest.mark.parametrize("value", ["0", "x"])
 def test_main_build_jobs_invalid(capsys, value):
     with pytest.raises(SystemExit) as info:
@@ -722,7 +790,12 @@ def forced_plan(spec, repositories=GHCR, forced=None):
     names some."""
     images = [make_image(name, base) for name, base in spec]
     return db.plan_rebuilds(
-        images, repositories, forced is None, forced or [], FakeRegistry(), {}
+        images,
+        repositories,
+        forced is None,
+        forced or [],
+        FakeRegistry(),
+        FakeContexts(),
     )
 
 
@@ -1036,7 +1109,7 @@ def test_rebuild_in_parallel_nothing_to_build(docker, capsys):
 def test_rebuild_in_order_reason_names_each_targets_base(context, capsys):
     images = [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")]
     forced = ["base:latest"]
-    plan = db.plan_rebuilds(images, REPOS, False, forced, FakeRegistry(), {})
+    plan = db.plan_rebuilds(images, REPOS, False, forced, FakeRegistry(), context)
     db.rebuild_in_order(plan, True, {})
     assert capsys.readouterr().out == (
         "*** docker.io/user/base\nReason: Rebuild triggered by command line\n\n"
@@ -1055,7 +1128,7 @@ def test_rebuild_in_order_each_target_names_its_own_base_transitively(context, c
         make_image("base"),
     ]
     forced = ["base:latest"]
-    plan = db.plan_rebuilds(images, REPOS, False, forced, FakeRegistry(), {})
+    plan = db.plan_rebuilds(images, REPOS, False, forced, FakeRegistry(), context)
     assert [d.reason for d in plan.decisions] == [
         FORCED,
         "Base image will be rebuilt: docker.io/user/base:latest",
@@ -1119,6 +1192,7 @@ def workdir(monkeypatch, tmp_path):
         if key.startswith(("DOCKER_LOGIN", "DOCKER_REPOSITORY")):
             monkeypatch.delenv(key)
     monkeypatch.setenv("DOCKER_REPOSITORY", "ghcr.io/o")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(db, "fetch_image", lambda *a: pytest.fail("look-up"))
 
@@ -1156,6 +1230,47 @@ def test_main_dry_run_explain(workdir, capsys):
         "ghcr.io/o/app: not checked; "
         "Base image will be rebuilt: ghcr.io/o/base:latest\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "jobs", "cached"),
+    [([], 8, True), (["-j", "3"], 3, True), (["--jobs", "2", "--no-cache"], 2, False)],
+)
+def test_main_jobs_and_cache(workdir, monkeypatch, tmp_path, argv, jobs, cached):
+    """--jobs sizes the look-ups and git questions; the cache lives under
+    XDG_CACHE_HOME unless --no-cache; both are closed at the end."""
+    made = []
+
+    class Registry(db.Registry):
+        def __init__(self, logins, jobs=1, cache=None):
+            super().__init__(logins, jobs, cache)
+            made.append(("registry", jobs, cache.path))
+
+        def close(self):
+            made.append(("registry closed",))
+            super().close()
+
+    class ContextChanges(db.ContextChanges):
+        def __init__(self, environ, jobs=1):
+            super().__init__(environ, jobs)
+            made.append(("contexts", jobs))
+
+        def close(self):
+            made.append(("contexts closed",))
+            super().close()
+
+    monkeypatch.setattr(db, "Registry", Registry)
+    monkeypatch.setattr(db, "ContextChanges", ContextChanges)
+    workdir(APP_AND_BASE, "app", "base")
+    assert db.main(["-n", "-a", *argv]) == 0
+    path = str(tmp_path / "cache" / "docker_build" / "manifests.json")
+    assert made == [
+        ("registry", jobs, path if cached else None),
+        ("contexts", jobs),
+        ("contexts closed",),
+        ("registry closed",),
+    ]
+    assert not (tmp_path / "cache").exists()  # nothing looked up: nothing kept
 
 
 def test_main_dependency_cycle(workdir, capsys):

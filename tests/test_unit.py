@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import subprocess
-from typing import ClassVar
 
 import pytest
 import requests
@@ -733,15 +732,17 @@ class FakeClient:
         self.error = None
         self.calls = []
 
-    def __call__(self, host, repo, auth=None, timeout=None):
-        self.calls.append(("DXF", host, repo, timeout))
+    def connect(self, ref):
+        """Stands in for Registry.client."""
+        self.calls.append(("client", ref.registry, ref.path))
         return self
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    def head_manifest_and_response(self, version):
+        self.calls.append(("head", version))
+        if self.error:
+            raise self.error
+        _, headers = self.manifests[version]
+        return headers.get("Docker-Content-Digest"), FakeResponse(b"", headers)
 
     def get_manifest_and_response(self, version):
         self.calls.append(("manifest", version))
@@ -810,9 +811,11 @@ def entry(digest, os_name="linux", arch="amd64", **more):
 
 
 @pytest.fixture
-def client(monkeypatch):
+def client():
+    """A FakeClient; `.registry` (without a cache) hands it out."""
     fake = FakeClient()
-    monkeypatch.setattr(db.dxf, "DXF", fake)
+    fake.registry = db.Registry({})
+    fake.registry.client = fake.connect
     return fake
 
 
@@ -834,10 +837,10 @@ def test_fetch_image_oci_manifest_without_media_type(client):
         datetime.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
         ("sha256:a", "sha256:b"),
     )
-    assert db.fetch_image("img", AMD, {}) == {"linux/amd64": expected}
+    assert db.fetch_image("img", AMD, client.registry) == {"linux/amd64": expected}
     config_digest = json.loads(client.manifests[digest][0])["config"]["digest"]
     assert client.calls == [
-        ("DXF", HUB, "library/img", 30),
+        ("client", HUB, "library/img"),
         ("manifest", "latest"),
         ("blob", config_digest),
     ]
@@ -845,7 +848,7 @@ def test_fetch_image_oci_manifest_without_media_type(client):
 
 def test_fetch_image_single_platform_image_lacks_other_platforms(client):
     client.add_image(config_doc(arch="amd64"), "1")
-    assert db.fetch_image("ghcr.io/o/img:1", BOTH, {}) == {
+    assert db.fetch_image("ghcr.io/o/img:1", BOTH, client.registry) == {
         "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",)),
         "linux/arm64": None,
     }
@@ -854,14 +857,17 @@ def test_fetch_image_single_platform_image_lacks_other_platforms(client):
 def test_fetch_image_config_without_platform_serves_every_platform(client):
     client.add_image(config_doc(arch=None), "latest")
     info = db.ImageInfo(CREATED_Z, ("sha256:a",))
-    assert db.fetch_image("img", BOTH, {}) == {"linux/amd64": info, "linux/arm64": info}
+    assert db.fetch_image("img", BOTH, client.registry) == {
+        "linux/amd64": info,
+        "linux/arm64": info,
+    }
 
 
 def test_fetch_image_docker_manifest_by_digest(client):
     digest = client.add_image(
         config_doc(), media_type="application/vnd.docker.distribution.manifest.v2+json"
     )
-    assert db.fetch_image("img@" + digest, AMD, {}) == {
+    assert db.fetch_image("img@" + digest, AMD, client.registry) == {
         "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",))
     }
     assert client.calls[1] == ("manifest", digest)
@@ -875,7 +881,7 @@ def test_fetch_image_index_without_media_type(client):
         "latest",
     )
     platforms = ("linux/amd64", "linux/arm64/v8", "linux/arm/v7")
-    assert db.fetch_image("img", platforms, {}) == {
+    assert db.fetch_image("img", platforms, client.registry) == {
         "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:x",)),
         "linux/arm64/v8": db.ImageInfo(CREATED_Z, ("sha256:y",)),
         "linux/arm/v7": None,
@@ -904,7 +910,9 @@ def test_fetch_image_index_with_attestation_and_entry_without_platform(client):
         },
         "1",
     )
-    assert db.fetch_image("ghcr.io/o/img:1", ("linux/arm64", "linux/amd64"), {}) == {
+    assert db.fetch_image(
+        "ghcr.io/o/img:1", ("linux/arm64", "linux/amd64"), client.registry
+    ) == {
         "linux/arm64": db.ImageInfo(CREATED_Z, ("sha256:a",)),
         "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",)),
     }
@@ -919,7 +927,7 @@ def test_fetch_image_content_type_header_fallback(client):
         "latest",
         headers={"Content-Type": DOCKER_LIST + "; charset=utf-8"},
     )
-    assert db.fetch_image("img", AMD, {}) == {
+    assert db.fetch_image("img", AMD, client.registry) == {
         "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",))
     }
 
@@ -929,7 +937,20 @@ def test_get_manifest_kinds(client):
     client.add_manifest(index, "i")
     manifest = {"schemaVersion": 2, "config": {"digest": "sha256:c"}}
     client.add_manifest(manifest, "m", headers={"Content-Type": "application/json"})
-    assert db.get_manifest(client, "i") == (index, True)
+    digest = sha256(json.dumps(index).encode())
+    assert db.get_manifest(client, "i") == (index, True, digest)
+    # by digest: the digest asked for
+    assert db.get_manifest(client, digest) == (index, True, digest)
+    # a tag without Docker-Content-Digest: the digest of the content
+    body, _ = client.manifests["i"]
+    client.manifests["bare"] = (body, {})
+    assert db.get_manifest(client, "bare") == (index, True, digest)
+    manifest_digest = client.add_manifest({"config": {"digest": "sha256:c"}}, "m2")
+    assert db.get_manifest(client, "m2") == (
+        {"config": {"digest": "sha256:c"}},
+        False,
+        manifest_digest,
+    )
     # a Content-Type that says nothing leaves the decision to the document
     with pytest.raises(db.dxf.exceptions.DXFUnsupportedSchemaType) as info:
         db.get_manifest(client, "m")
@@ -958,8 +979,27 @@ def test_image_config_and_indexed_image(client):
 )
 def test_fetch_image_not_found(client, error):
     client.error = error
-    assert db.fetch_image("ghcr.io/o/img:1", BOTH, {}) is None
-    assert client.calls == [("DXF", "ghcr.io", "o/img", 30), ("manifest", "1")]
+    assert db.fetch_image("ghcr.io/o/img:1", BOTH, client.registry) is None
+    assert client.calls == [("client", "ghcr.io", "o/img"), ("manifest", "1")]
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (http_error(400), "ghcr.io/o/img: 400 Error"),
+        (
+            requests.exceptions.SSLError(OLD_URLLIB3),
+            "ghcr.io/o/img: Failed to establish a new connection: "
+            "[Errno 111] Connection refused",
+        ),
+        (db.dxf.exceptions.DXFError("bad thing"), "ghcr.io/o/img: bad thing"),
+    ],
+)
+def test_fetch_image_request_errors(client, error, message):
+    client.error = error
+    assert fatal_message(db.fetch_image, "ghcr.io/o/img", AMD, client.registry) == (
+        message
+    )
 
 
 @pytest.mark.parametrize(
@@ -971,12 +1011,25 @@ def test_fetch_image_not_found(client, error):
             "ghcr.io/o/img: Failed to establish a new connection: "
             "[Errno 111] Connection refused",
         ),
-        (db.dxf.exceptions.DXFError("bad thing"), "ghcr.io/o/img: bad thing"),
     ],
 )
-def test_fetch_image_request_errors(client, error, message):
+def test_fetch_image_retryable_request_errors(client, error, message):
+    """What may go away is left to with_retries, which makes it the same
+    Fatal once the tries are spent."""
     client.error = error
-    assert fatal_message(db.fetch_image, "ghcr.io/o/img", AMD, {}) == message
+    with pytest.raises(type(error)) as raised:
+        db.fetch_image("ghcr.io/o/img", AMD, client.registry)
+    assert raised.value is error
+    waits = []
+
+    def operation():
+        return db.fetch_image("ghcr.io/o/img", AMD, client.registry)
+
+    assert fatal_message(
+        db.with_retries, "ghcr.io/o/img", operation, waits.append, lambda: 1.0
+    ) == (message)
+    assert waits == [0.5, 1.0, 2.0, 4.0]
+    assert client.calls.count(("manifest", "latest")) == 1 + db.RETRY_ATTEMPTS
 
 
 @pytest.mark.parametrize(
@@ -1004,7 +1057,9 @@ def test_fetch_image_request_errors(client, error, message):
 )
 def test_fetch_image_config_errors(client, blob, message):
     client.add_image(blob, "latest")
-    assert fatal_message(db.fetch_image, "ghcr.io/o/img", AMD, {}) == message
+    assert (
+        fatal_message(db.fetch_image, "ghcr.io/o/img", AMD, client.registry) == message
+    )
 
 
 @pytest.mark.parametrize(
@@ -1017,19 +1072,22 @@ def test_fetch_image_config_errors(client, blob, message):
 )
 def test_fetch_image_manifest_not_a_json_object(client, body, headers):
     client.add_manifest(body, "latest", headers)
-    assert fatal_message(db.fetch_image, "img", AMD, {}) == "img: Invalid JSON"
+    assert (
+        fatal_message(db.fetch_image, "img", AMD, client.registry)
+        == "img: Invalid JSON"
+    )
 
 
 def test_fetch_image_digest_mismatch(client):
     body = json.dumps({"schemaVersion": 2, "config": {"digest": "x"}}).encode()
     wrong = "sha256:" + "0" * 64
     client.manifests["latest"] = (body, {"Docker-Content-Digest": wrong})
-    assert fatal_message(db.fetch_image, "img", AMD, {}) == (
+    assert fatal_message(db.fetch_image, "img", AMD, client.registry) == (
         f"img: expected digest {wrong}, got {sha256(body)}"
     )
     # asked for by digest, the digest asked for is the one checked
     client.manifests[wrong] = (body, {})
-    assert fatal_message(db.fetch_image, "img@" + wrong, AMD, {}) == (
+    assert fatal_message(db.fetch_image, "img@" + wrong, AMD, client.registry) == (
         f"img@{wrong}: expected digest {wrong}, got {sha256(body)}"
     )
 
@@ -1037,7 +1095,7 @@ def test_fetch_image_digest_mismatch(client):
 def test_fetch_image_unexpected_digest_method(client):
     body = b'{"schemaVersion": 2, "config": {"digest": "x"}}'
     client.manifests["latest"] = (body, {"Docker-Content-Digest": "md5:" + "0" * 32})
-    assert fatal_message(db.fetch_image, "img", AMD, {}) == (
+    assert fatal_message(db.fetch_image, "img", AMD, client.registry) == (
         "img: expected digest method sha256, got md5"
     )
 
@@ -1054,7 +1112,7 @@ def test_fetch_image_unexpected_digest_method(client):
 )
 def test_fetch_image_schema1_unsupported(client, document, headers):
     client.add_manifest(document, "old", headers)
-    assert fatal_message(db.fetch_image, "ghcr.io/o/img:old", AMD, {}) == (
+    assert fatal_message(db.fetch_image, "ghcr.io/o/img:old", AMD, client.registry) == (
         f'ghcr.io/o/img:old: The mediaType "{SCHEMA1}" is not supported'
     )
 
@@ -1062,29 +1120,92 @@ def test_fetch_image_schema1_unsupported(client, document, headers):
 def test_fetch_image_index_within_index(client):
     inner = client.add_manifest({"mediaType": OCI_INDEX, "manifests": []})
     client.add_manifest({"mediaType": OCI_INDEX, "manifests": [entry(inner)]}, "1")
-    assert fatal_message(db.fetch_image, "ghcr.io/o/img:1", AMD, {}) == (
+    assert fatal_message(db.fetch_image, "ghcr.io/o/img:1", AMD, client.registry) == (
         "ghcr.io/o/img:1: index within an index"
     )
 
 
 def test_fetch_image_created_without_zone_is_utc(client):
     client.add_image(config_doc(created="2024-01-02T03:04:05.5"), "latest")
-    (info,) = db.fetch_image("img", AMD, {}).values()
+    (info,) = db.fetch_image("img", AMD, client.registry).values()
     assert info.created == datetime.datetime(2024, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
     assert db.parse_created("2024-01-02T05:04:05+02:00") == CREATED_Z
 
 
 def test_fetch_image_empty_diff_ids_base_never_changed(client):
     client.add_image(config_doc(layers=[]), "latest")
-    base = db.fetch_image("base", AMD, {})
+    base = db.fetch_image("base", AMD, client.registry)
     assert base == {"linux/amd64": db.ImageInfo(CREATED_Z, ())}
     image = {"linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:i",))}
     assert db.base_changed(base["linux/amd64"], image["linux/amd64"]) is False
     assert db.registry_reason(base, image) is None
 
 
+def test_fetch_image_cold_cache_fills_it_without_head(client, tmp_path):
+    """An empty cache makes no HEAD request; what is read is kept under
+    the manifest digest."""
+    digest = client.add_image(config_doc(), "1")
+    cache = db.DigestCache(str(tmp_path / "cache.json"))
+    assert cache.warm is False
+    client.registry.cache = cache
+    found = {"linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",)), "linux/arm64": None}
+    assert db.fetch_image("ghcr.io/o/img:1", BOTH, client.registry) == found
+    assert [call[0] for call in client.calls] == ["client", "manifest", "blob"]
+    assert cache.get(digest, BOTH) == found
+
+
+def warm_cache(tmp_path, digest, found):
+    """A cache file holding one entry; the DigestCache reading it."""
+    cache = db.DigestCache(str(tmp_path / "cache.json"))
+    cache.put(digest, found)
+    cache.save()
+    return db.DigestCache(str(tmp_path / "cache.json"))
+
+
+def test_fetch_image_warm_cache_answers_after_head(client, tmp_path):
+    digest = client.add_image(config_doc(), "1")
+    found = {"linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:cached",))}
+    client.registry.cache = warm_cache(tmp_path, digest, found)
+    assert client.registry.cache.warm is True
+    assert db.fetch_image("ghcr.io/o/img:1", AMD, client.registry) == found
+    assert client.calls == [("client", "ghcr.io", "o/img"), ("head", "1")]
+    # by digest, not even a HEAD request
+    client.calls.clear()
+    assert db.fetch_image("ghcr.io/o/img@" + digest, AMD, client.registry) == found
+    assert client.calls == [("client", "ghcr.io", "o/img")]
+
+
+def test_fetch_image_warm_cache_misses(client, tmp_path):
+    """Another digest, or a platform the cache does not know: the
+    manifest is read, and the cache learns it."""
+    digest = client.add_image(config_doc(), "1")
+    other = "sha256:" + "1" * 64
+    cached = {"linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:cached",))}
+    cache = warm_cache(tmp_path, other, cached)
+    client.registry.cache = cache
+    info = db.ImageInfo(CREATED_Z, ("sha256:a",))
+    assert db.fetch_image("ghcr.io/o/img:1", AMD, client.registry) == {
+        "linux/amd64": info
+    }
+    assert [call[0] for call in client.calls] == ["client", "head", "manifest", "blob"]
+    assert cache.get(digest, AMD) == {"linux/amd64": info}
+    # the cache knows the digest for linux/amd64 only
+    client.calls.clear()
+    both = {"linux/amd64": info, "linux/arm64": None}
+    assert db.fetch_image("ghcr.io/o/img:1", BOTH, client.registry) == both
+    assert [call[0] for call in client.calls] == ["client", "head", "manifest", "blob"]
+    assert cache.get(digest, BOTH) == both
+
+
+def test_fetch_image_warm_cache_head_not_found(client, tmp_path):
+    client.registry.cache = warm_cache(tmp_path, DIGEST, {"linux/amd64": None})
+    client.error = http_error(404)
+    assert db.fetch_image("ghcr.io/o/img:1", AMD, client.registry) is None
+    assert client.calls == [("client", "ghcr.io", "o/img"), ("head", "1")]
+
+
 def test_fetch_image_invalid_reference(client):
-    assert fatal_message(db.fetch_image, "a___b", AMD, {}) == (
+    assert fatal_message(db.fetch_image, "a___b", AMD, client.registry) == (
         "a___b: invalid reference format"
     )
     assert client.calls == []
@@ -1125,29 +1246,18 @@ def test_default_variant(arch, variant, expected):
     assert db.default_variant(arch, variant) == expected
 
 
-def test_registry_authenticator_uses_login():
-    calls = []
-
-    class Client:
-        def authenticate(self, user, password, response=None):
-            calls.append((user, password, response))
-
-    db.registry_authenticator(("me", "secret"))(Client(), "resp")
-    db.registry_authenticator((None, None))(Client(), "resp2")
-    assert calls == [("me", "secret", "resp"), (None, None, "resp2")]
-
-
 def test_registry_lookup_remembers(monkeypatch):
     calls = []
     info = db.ImageInfo(CREATED, ("sha256:a",))
 
-    def fetch(reference, platforms, logins):
-        calls.append((reference, platforms, logins))
+    def fetch(reference, platforms, registry):
+        calls.append((reference, platforms, registry))
         return dict.fromkeys(platforms, info)
 
     monkeypatch.setattr(db, "fetch_image", fetch)
     logins = {"ghcr.io": ("u", "p")}
     registry = db.Registry(logins)
+    assert registry.logins is logins
     assert registry.lookup("scratch", BOTH) == dict.fromkeys(BOTH, db.NO_BASE)
     assert registry.lookup("NONE", AMD) == {"linux/amd64": db.NO_BASE}
     epoch = datetime.datetime(1970, 1, 1, tzinfo=UTC)
@@ -1160,8 +1270,12 @@ def test_registry_lookup_remembers(monkeypatch):
     # each look-up is made once in a run
     assert registry.lookup("a:latest", AMD) == {"linux/amd64": info}
     assert registry.lookup("docker.io/a", BOTH) == dict.fromkeys(BOTH, info)
-    assert calls == [("a", AMD, logins), ("a", BOTH, logins)]
+    assert calls == [("a", AMD, registry), ("a", BOTH, registry)]
     assert not hasattr(registry, "forget")
+    key = (HUB, "library/a", "latest")
+    assert list(registry.known) == [(key, AMD), (key, BOTH)]
+    assert registry.known[key, AMD].result() == {"linux/amd64": info}
+    registry.close()
 
 
 def test_registry_lookup_invalid_reference():
@@ -1356,12 +1470,18 @@ def test_mtime_tree(tmp_path):
 
 class FakeRegistry(db.Registry):
     """A Registry whose look-ups come from `infos` (an ImageInfo serves
-    every platform), recorded in `calls`."""
+    every platform), recorded in `calls`; what is prefetched is recorded
+    in `prefetched`."""
 
     def __init__(self, infos):
         super().__init__({})
         self.infos = infos
         self.calls = []
+        self.prefetched = []
+
+    def prefetch(self, wanted):
+        """Record what a run would ask for up front; start nothing."""
+        self.prefetched.extend(wanted)
 
     def lookup(self, reference, platforms):
         self.calls.append(reference)
@@ -1378,20 +1498,34 @@ def info(*layers, created=CREATED):
     return db.ImageInfo(created, layers)
 
 
+class FakeContexts:
+    """Stands in for ContextChanges: every build directory last changed at
+    `value` (time, reason); the images asked about are in `calls`, those
+    asked about up front in `prefetched`."""
+
+    def __init__(self, value=None):
+        self.value = value
+        self.calls = []
+        self.prefetched = []
+
+    def prefetch(self, images):
+        self.prefetched.extend(image.name for image in images)
+
+    def get(self, image):
+        self.calls.append(image.name)
+        assert self.value is not None, f"unexpected question about {image.name}"
+        return self.value
+
+    def close(self):
+        pass
+
+
 @pytest.fixture
-def context(monkeypatch):
-    """Replace context_change; set `.value` to (time, reason)."""
-
-    class Context:
-        value = (CREATED.timestamp() - 1, "Files in docker context more recent")
-        calls: ClassVar[list] = []
-
-    def fake(image, environ):
-        Context.calls.append((image.name, environ))
-        return Context.value
-
-    monkeypatch.setattr(db, "context_change", fake)
-    return Context
+def context():
+    """A FakeContexts; set `.value` to (time, reason)."""
+    return FakeContexts(
+        (CREATED.timestamp() - 1, "Files in docker context more recent")
+    )
 
 
 BASE = "ghcr.io/o/base:latest"
@@ -1429,7 +1563,7 @@ def test_image_targets():
 
 def test_needs_rebuild_missing_base(context):
     registry = FakeRegistry({BASE: None})
-    assert fatal_message(db.needs_rebuild, target(IMG), registry, {}) == (
+    assert fatal_message(db.needs_rebuild, target(IMG), registry, context) == (
         "Missing base image: ghcr.io/o/base:latest"
     )
     assert registry.calls == [BASE]
@@ -1437,7 +1571,7 @@ def test_needs_rebuild_missing_base(context):
 
 def test_needs_rebuild_missing_image(context):
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: None})
-    reason = db.needs_rebuild(target(IMG), registry, {})
+    reason = db.needs_rebuild(target(IMG), registry, context)
     assert reason == "Image missing in repository"
     assert registry.calls == [BASE, TARGET]
     assert context.calls == []
@@ -1447,7 +1581,7 @@ def test_needs_rebuild_base_changed(context):
     registry = FakeRegistry(
         {BASE: info("sha256:b1", "sha256:new"), TARGET: info("sha256:b1", "sha256:i")}
     )
-    assert db.needs_rebuild(target(IMG), registry, {}) == "Base image has changed"
+    assert db.needs_rebuild(target(IMG), registry, context) == "Base image has changed"
     assert context.calls == []
 
 
@@ -1460,16 +1594,15 @@ def test_needs_rebuild_context_time(context, offset, expected):
     registry = FakeRegistry(
         {BASE: info("sha256:b"), TARGET: info("sha256:b", "sha256:i")}
     )
-    environ = {"K": "V"}
-    assert db.needs_rebuild(target(IMG), registry, environ) == expected
-    assert context.calls == [("img", environ)]
+    assert db.needs_rebuild(target(IMG), registry, context) == expected
+    assert context.calls == ["img"]
 
 
 @pytest.mark.parametrize("base", ["NONE", "scratch"])
 def test_needs_rebuild_untagged_base_never_compared(context, base):
     image = make_image("img", base=base)
     registry = FakeRegistry({"user/img:latest": info("sha256:i")})
-    assert db.needs_rebuild(target(image, "user"), registry, {}) is None
+    assert db.needs_rebuild(target(image, "user"), registry, context) is None
     assert registry.calls == [base, "user/img:latest"]
 
 
@@ -1478,7 +1611,7 @@ def test_needs_rebuild_full_name_ignores_repository(context):
     registry = FakeRegistry({"debian:latest": info("sha256:d"), TARGET: None})
     (only,) = db.image_targets(image, REPOS)
     assert only.repository is None
-    assert db.needs_rebuild(only, registry, {}) == "Image missing in repository"
+    assert db.needs_rebuild(only, registry, context) == "Image missing in repository"
     assert registry.calls == ["debian:latest", TARGET]
 
 
@@ -1488,7 +1621,7 @@ MULTI = make_image("img", base="$DOCKER_REPOSITORY/base:latest", platforms=BOTH)
 def test_needs_rebuild_image_lacks_a_platform(context):
     found = {"linux/amd64": info("sha256:b", "sha256:i"), "linux/arm64": None}
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: found})
-    assert db.needs_rebuild(target(MULTI), registry, {}) == (
+    assert db.needs_rebuild(target(MULTI), registry, context) == (
         "Image missing in repository for linux/arm64"
     )
     assert context.calls == []
@@ -1497,7 +1630,7 @@ def test_needs_rebuild_image_lacks_a_platform(context):
 def test_needs_rebuild_base_lacks_a_platform(context):
     base = {"linux/amd64": info("sha256:b"), "linux/arm64": None}
     registry = FakeRegistry({BASE: base, TARGET: info("sha256:b")})
-    assert fatal_message(db.needs_rebuild, target(MULTI), registry, {}) == (
+    assert fatal_message(db.needs_rebuild, target(MULTI), registry, context) == (
         "Missing base image: ghcr.io/o/base:latest for linux/arm64"
     )
 
@@ -1510,7 +1643,7 @@ def test_needs_rebuild_oldest_platform_image_decides(context):
         "linux/arm64": info("sha256:b", created=CREATED),
     }
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: found})
-    assert db.needs_rebuild(target(MULTI), registry, {}) == "the reason"
+    assert db.needs_rebuild(target(MULTI), registry, context) == "the reason"
 
 
 def test_needs_rebuild_real_context_outside_git(tmp_path, environ):
@@ -1520,11 +1653,16 @@ def test_needs_rebuild_real_context_outside_git(tmp_path, environ):
     image = make_image("img", directory=str(directory), base="NONE")
     registry = FakeRegistry({"user/img:latest": info("sha256:i")})
     set_tree_mtime(directory, CREATED.timestamp() - 10)
-    assert db.needs_rebuild(target(image, "user"), registry, environ) is None
+    # a ContextChanges asks once per image: a new one sees the new mtime
+    contexts = db.ContextChanges(environ)
+    assert db.needs_rebuild(target(image, "user"), registry, contexts) is None
+    contexts.close()
     set_tree_mtime(directory, CREATED.timestamp() + 10)
-    assert db.needs_rebuild(target(image, "user"), registry, environ) == (
+    contexts = db.ContextChanges(environ)
+    assert db.needs_rebuild(target(image, "user"), registry, contexts) == (
         "Files in docker context more recent than image"
     )
+    contexts.close()
 
 
 # What check_target finds for an up-to-date image (context: the default value)
@@ -1534,7 +1672,7 @@ CHECKED = db.Evidence(CREATED.timestamp(), True, CREATED.timestamp() - 1, "mtime
 def test_check_target_missing_image(context):
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: None})
     for complete in (False, True):
-        assert db.check_target(target(IMG), registry, {}, complete) == (
+        assert db.check_target(target(IMG), registry, context, complete) == (
             "Image missing in repository",
             db.Evidence(),
         )
@@ -1544,7 +1682,7 @@ def test_check_target_missing_image(context):
 def test_check_target_image_lacks_a_platform(context):
     found = {"linux/amd64": info("sha256:b", "sha256:i"), "linux/arm64": None}
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: found})
-    assert db.check_target(target(MULTI), registry, {}, complete=True) == (
+    assert db.check_target(target(MULTI), registry, context, complete=True) == (
         "Image missing in repository for linux/arm64",
         db.Evidence(),
     )
@@ -1553,17 +1691,17 @@ def test_check_target_image_lacks_a_platform(context):
 def test_check_target_base_changed_stops_unless_complete(context):
     context.value = (CREATED.timestamp() + 5, db.REASON_GIT)
     registry = FakeRegistry({BASE: info("sha256:new"), TARGET: info("sha256:old")})
-    assert db.check_target(target(IMG), registry, {}) == (
+    assert db.check_target(target(IMG), registry, context) == (
         "Base image has changed",
         db.Evidence(CREATED.timestamp(), False),
     )
     assert context.calls == []
     # the complete evidence keeps the first reason
-    assert db.check_target(target(IMG), registry, {}, complete=True) == (
+    assert db.check_target(target(IMG), registry, context, complete=True) == (
         "Base image has changed",
         db.Evidence(CREATED.timestamp(), False, CREATED.timestamp() + 5, "commit"),
     )
-    assert context.calls == [("img", {})]
+    assert context.calls == ["img"]
 
 
 @pytest.mark.parametrize(
@@ -1573,7 +1711,7 @@ def test_check_target_base_changed_stops_unless_complete(context):
 def test_check_target_up_to_date(context, reason, changed_by):
     context.value = (CREATED.timestamp() - 1, reason)
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: info("sha256:b")})
-    assert db.check_target(target(IMG), registry, {}) == (
+    assert db.check_target(target(IMG), registry, context) == (
         None,
         db.Evidence(CREATED.timestamp(), True, CREATED.timestamp() - 1, changed_by),
     )
@@ -1582,7 +1720,7 @@ def test_check_target_up_to_date(context, reason, changed_by):
 def test_check_target_context_newer(context):
     context.value = (CREATED.timestamp() + 1, db.REASON_GIT)
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: info("sha256:b")})
-    assert db.check_target(target(IMG), registry, {}) == (
+    assert db.check_target(target(IMG), registry, context) == (
         "Git change more recent than image",
         db.Evidence(CREATED.timestamp(), True, CREATED.timestamp() + 1, "commit"),
     )
@@ -1598,12 +1736,15 @@ def test_plan_rebuilds_forced_without_lookups(context):
             ),
         )
     )
-    assert db.plan_rebuilds([IMG], REPOS, False, ["img:latest"], registry, {}) == (
+    assert db.plan_rebuilds([IMG], REPOS, False, ["img:latest"], registry, context) == (
         expected
     )
-    assert db.plan_rebuilds([IMG], REPOS, True, [], registry, {}) == expected
+    assert db.plan_rebuilds([IMG], REPOS, True, [], registry, context) == expected
     assert registry.calls == []
     assert context.calls == []
+    # nor anything asked for up front
+    assert registry.prefetched == []
+    assert context.prefetched == []
 
 
 def test_plan_rebuilds_all_except_named_is_checked(context):
@@ -1616,7 +1757,7 @@ def test_plan_rebuilds_all_except_named_is_checked(context):
         }
     )
     forced = ["$DOCKER_REPOSITORY/base:latest"]  # named by its base
-    plan = db.plan_rebuilds([IMG], REPOS, True, forced, registry, {})
+    plan = db.plan_rebuilds([IMG], REPOS, True, forced, registry, context)
     targets = db.image_targets(IMG, REPOS)
     assert plan == db.Plan(
         (
@@ -1632,6 +1773,13 @@ def test_plan_rebuilds_all_except_named_is_checked(context):
         )
     )
     assert registry.calls == [HUB_BASE, HUB_TARGET, BASE, TARGET]
+    assert registry.prefetched == [
+        (HUB_BASE, AMD),
+        (HUB_TARGET, AMD),
+        (BASE, AMD),
+        (TARGET, AMD),
+    ]
+    assert context.prefetched == ["img"]
 
 
 def test_plan_rebuilds_second_repository_decides(context):
@@ -1643,7 +1791,7 @@ def test_plan_rebuilds_second_repository_decides(context):
             TARGET: None,
         }
     )
-    plan = db.plan_rebuilds([IMG], REPOS, False, [], registry, {})
+    plan = db.plan_rebuilds([IMG], REPOS, False, [], registry, context)
     (decision,) = plan.decisions
     assert decision == db.Decision(
         IMG,
@@ -1659,19 +1807,27 @@ def test_plan_rebuilds_second_repository_decides(context):
 
 def test_plan_rebuilds_first_repository_decides(context):
     registry = FakeRegistry({HUB_BASE: info("sha256:new"), HUB_TARGET: info("x")})
-    plan = db.plan_rebuilds([IMG], REPOS, False, [], registry, {})
+    plan = db.plan_rebuilds([IMG], REPOS, False, [], registry, context)
     (decision,) = plan.decisions
     assert decision.reason == "Base image has changed"
     assert decision.targets == db.image_targets(IMG, REPOS)
     assert decision.evidence == (db.Evidence(CREATED.timestamp(), False),)
     assert decision.findings == ("Base image has changed",)
     assert registry.calls == [HUB_BASE, HUB_TARGET]
+    # every target was asked for up front; only the first was waited for
+    assert registry.prefetched == [
+        (HUB_BASE, AMD),
+        (HUB_TARGET, AMD),
+        (BASE, AMD),
+        (TARGET, AMD),
+    ]
+    assert context.calls == []
 
 
 def test_plan_rebuilds_full_name(context):
     image = make_image("ghcr.io/o/img", base="NONE")
     registry = FakeRegistry({TARGET: None})
-    plan = db.plan_rebuilds([image], REPOS, False, [], registry, {})
+    plan = db.plan_rebuilds([image], REPOS, False, [], registry, context)
     assert plan == db.Plan(
         (
             db.Decision(
@@ -1692,7 +1848,7 @@ def test_decide_base_to_be_rebuilt_without_lookups(context):
     targets = db.image_targets(IMG, REPOS)
     for explain in (False, True):
         decision = db.decide(
-            IMG, 3, targets, frozenset({1}), True, False, registry, {}, explain
+            IMG, 3, targets, frozenset({1}), True, False, registry, context, explain
         )
         # the reason of the image names its first target's base
         assert decision == db.Decision(
@@ -1711,7 +1867,7 @@ def test_decide_base_to_be_rebuilt_without_lookups(context):
         ]
     # forcing wins over the base
     decision = db.decide(
-        IMG, 3, targets, frozenset({1}), True, True, registry, {}, True
+        IMG, 3, targets, frozenset({1}), True, True, registry, context, True
     )
     assert decision == db.Decision(
         IMG, 3, targets, "Rebuild triggered by command line", frozenset({1})
@@ -1744,7 +1900,7 @@ def test_decide_stops_at_the_deciding_target(context, explain):
     registry = FakeRegistry({HUB_BASE: info("sha256:b"), HUB_TARGET: None})
     targets = db.image_targets(IMG, REPOS)
     decision = db.decide(
-        IMG, 0, targets, frozenset(), False, False, registry, {}, explain
+        IMG, 0, targets, frozenset(), False, False, registry, context, explain
     )
     assert decision == db.Decision(
         IMG,
@@ -1768,7 +1924,7 @@ def test_decide_base_changed_in_first_repository(context, explain):
     )
     targets = db.image_targets(IMG, REPOS)
     decision = db.decide(
-        IMG, 0, targets, frozenset(), False, False, registry, {}, explain
+        IMG, 0, targets, frozenset(), False, False, registry, context, explain
     )
     evidence = (
         db.Evidence(CREATED.timestamp(), False, CREATED.timestamp() - 1, "mtime")
@@ -1785,7 +1941,7 @@ def test_decide_base_changed_in_first_repository(context, explain):
         findings=("Base image has changed",),
     )
     assert registry.calls == [HUB_BASE, HUB_TARGET]
-    assert context.calls == ([("img", {})] if explain else [])
+    assert context.calls == (["img"] if explain else [])
 
 
 def test_decide_explain_every_checked_target(context):
@@ -1799,7 +1955,9 @@ def test_decide_explain_every_checked_target(context):
         }
     )
     targets = db.image_targets(IMG, REPOS)
-    decision = db.decide(IMG, 0, targets, frozenset(), False, False, registry, {}, True)
+    decision = db.decide(
+        IMG, 0, targets, frozenset(), False, False, registry, context, True
+    )
     assert decision == db.Decision(
         IMG,
         0,
@@ -1813,50 +1971,51 @@ def test_decide_explain_every_checked_target(context):
         findings=(None, "Base image has changed"),
     )
     assert registry.calls == [HUB_BASE, HUB_TARGET, BASE, TARGET]
-    assert context.calls == [("img", {}), ("img", {})]
+    assert context.calls == ["img", "img"]
+
+
+class FailingContexts(FakeContexts):
+    """Every question fails as git would; the calls are counted."""
+
+    def get(self, image):
+        self.calls.append(image.name)
+        raise db.Fatal(f"{image.name}: Can't get git status: fatal: broken")
 
 
 @pytest.fixture
-def git_fails(monkeypatch):
-    """context_change fails as git would; the calls are counted."""
-    calls = []
-
-    def fail(image, environ):
-        calls.append(image.name)
-        raise db.Fatal(f"{image.name}: Can't get git status: fatal: broken")
-
-    monkeypatch.setattr(db, "context_change", fail)
-    return calls
+def git_fails():
+    return FailingContexts()
 
 
 def test_check_target_git_failure_ignored_with_a_registry_reason(git_fails):
     registry = FakeRegistry({BASE: info("sha256:new"), TARGET: info("sha256:old")})
-    assert db.check_target(target(IMG), registry, {}, complete=True) == (
+    assert db.check_target(target(IMG), registry, git_fails, complete=True) == (
         "Base image has changed",
         db.Evidence(CREATED.timestamp(), False),
     )
-    assert git_fails == ["img"]
+    assert git_fails.calls == ["img"]
 
 
 @pytest.mark.parametrize("complete", [False, True])
 def test_check_target_git_failure_without_a_registry_reason(git_fails, complete):
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: info("sha256:b")})
-    assert fatal_message(db.check_target, target(IMG), registry, {}, complete) == (
-        "img: Can't get git status: fatal: broken"
-    )
-    assert git_fails == ["img"]
+    assert fatal_message(
+        db.check_target, target(IMG), registry, git_fails, complete
+    ) == ("img: Can't get git status: fatal: broken")
+    assert git_fails.calls == ["img"]
 
 
 def test_plan_rebuilds_explain_ignores_git_failure_of_decided_target(git_fails):
-    """A plain run never asks git about an image whose base has changed:
-    neither does -v fail on it."""
+    """A plain run never waits for git about an image whose base has
+    changed (it is only asked up front): neither does -v fail on it."""
     registry = FakeRegistry(
         {HUB_BASE: info("sha256:new"), HUB_TARGET: info("sha256:old")}
     )
-    plain = db.plan_rebuilds([IMG], REPOS, False, [], registry, {})
-    assert git_fails == []
-    explained = db.plan_rebuilds([IMG], REPOS, False, [], registry, {}, True)
-    assert git_fails == ["img"]
+    plain = db.plan_rebuilds([IMG], REPOS, False, [], registry, git_fails)
+    assert git_fails.calls == []
+    assert git_fails.prefetched == ["img"]
+    explained = db.plan_rebuilds([IMG], REPOS, False, [], registry, git_fails, True)
+    assert git_fails.calls == ["img"]
     targets = db.image_targets(IMG, REPOS)
     expected = db.Decision(
         IMG,
@@ -1892,7 +2051,7 @@ def test_rebuild_in_order_builds_bases_first(monkeypatch, capsys, context):
     registry = FakeRegistry({})
     base_image = make_image("base", directory="b", base="NONE")
     plan = db.plan_rebuilds(
-        [IMG, base_image], ["ghcr.io/o"], False, ["base:latest"], registry, {}
+        [IMG, base_image], ["ghcr.io/o"], False, ["base:latest"], registry, context
     )
     environ = {"K": "V"}
     db.rebuild_in_order(plan, False, environ)
@@ -1970,7 +2129,7 @@ def test_rebuild_in_order_dry_run(monkeypatch, capsys, context):
     monkeypatch.setattr(db.subprocess, "run", lambda *a, **k: pytest.fail("built"))
     image = make_image("tool:2", image="tool:2", base="NONE")
     registry = FakeRegistry({})
-    plan = db.plan_rebuilds([image], REPOS, True, [], registry, {})
+    plan = db.plan_rebuilds([image], REPOS, True, [], registry, context)
     db.rebuild_in_order(plan, True, {})
     assert capsys.readouterr().out == (
         "*** docker.io/user/tool:2\nReason: Rebuild triggered by command line\n\n"
@@ -1991,12 +2150,14 @@ def test_main_help(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.startswith(
         "usage: docker_build [--help] [--all] [--dir DIR] [--dry-run] [--file FILE]\n"
-        "                    [--build-jobs N] [--explain]\n"
+        "                    [--jobs N] [--no-cache] [--build-jobs N] [--explain]\n"
         "                    [image ...]\n\n"
         "docker_build - (re)build outdated docker images\n"
     )
     assert out.endswith(
         "  --file FILE, -f FILE  use FILE as image config (default: 'docker_images')\n"
+        "  --jobs N, -j N        make up to N registry look-ups at once (default: 8)\n"
+        "  --no-cache            neither read nor write the manifest digest cache\n"
         "  --build-jobs N        run up to N builds at once (default: 1)\n"
         "  --explain, -v         print the evidence for every image on stderr\n"
     )
