@@ -1233,18 +1233,27 @@ def test_main_dry_run_explain(workdir, capsys):
 
 
 @pytest.mark.parametrize(
-    ("argv", "jobs", "cached"),
-    [([], 8, True), (["-j", "3"], 3, True), (["--jobs", "2", "--no-cache"], 2, False)],
+    ("argv", "jobs", "cached", "timeout"),
+    [
+        ([], 8, True, 30),
+        (["-j", "3"], 3, True, 30),
+        (["--jobs", "2", "--no-cache"], 2, False, 30),
+        (["--timeout", "2.5"], 8, True, 2.5),
+        (["--timeout=0.01", "-j1"], 1, True, 0.01),
+    ],
 )
-def test_main_jobs_and_cache(workdir, monkeypatch, tmp_path, argv, jobs, cached):
+def test_main_jobs_and_cache(
+    workdir, monkeypatch, tmp_path, argv, jobs, cached, timeout
+):
     """--jobs sizes the look-ups and git questions; the cache lives under
-    XDG_CACHE_HOME unless --no-cache; both are closed at the end."""
+    XDG_CACHE_HOME unless --no-cache; --timeout reaches the registry; both
+    are closed at the end."""
     made = []
 
     class Registry(db.Registry):
-        def __init__(self, logins, jobs=1, cache=None):
-            super().__init__(logins, jobs, cache)
-            made.append(("registry", jobs, cache.path))
+        def __init__(self, logins, jobs=1, cache=None, timeout=30):
+            super().__init__(logins, jobs, cache, timeout)
+            made.append(("registry", jobs, cache.path, self.timeout))
 
         def close(self):
             made.append(("registry closed",))
@@ -1265,7 +1274,7 @@ def test_main_jobs_and_cache(workdir, monkeypatch, tmp_path, argv, jobs, cached)
     assert db.main(["-n", "-a", *argv]) == 0
     path = str(tmp_path / "cache" / "docker_build" / "manifests.json")
     assert made == [
-        ("registry", jobs, path if cached else None),
+        ("registry", jobs, path if cached else None, timeout),
         ("contexts", jobs),
         ("contexts closed",),
         ("registry closed",),

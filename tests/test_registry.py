@@ -773,8 +773,10 @@ class FakeSession:
         self.routes = routes
         self.calls = []
 
-    def request(self, method, url, headers=None, timeout=None, **kwargs):
+    def request(self, method, url, headers=None, timeout=None, auth=None, **kwargs):
         authorization = (headers or {}).get("Authorization")
+        if auth is not None:  # requests turns a (user, password) into this
+            authorization = requests.auth._basic_auth_str(*auth)
         self.calls.append((method, url, authorization, timeout))
         route = self.routes[method, url]
         if callable(route):
@@ -811,20 +813,19 @@ def test_registry_challenge_remembered():
     registry, session = registry_with(
         {("get", f"https://{HOST}/v2/"): [response(401, CHALLENGE)]}
     )
-    client = object()
-    challenge = registry.challenge(HOST, client)
+    challenge = registry.challenge(HOST)
     assert (challenge.status_code, challenge.headers["WWW-Authenticate"]) == (
         401,
         CHALLENGE["WWW-Authenticate"],
     )
-    assert registry.challenge(HOST, client) is challenge
+    assert registry.challenge(HOST) is challenge
     assert session.calls == [("get", f"https://{HOST}/v2/", None, 30)]
 
 
 def test_registry_challenge_open_registry():
     registry, session = registry_with({("get", f"https://{HOST}/v2/"): [response(200)]})
-    assert registry.challenge(HOST, None) is None
-    assert registry.challenge(HOST, None) is None
+    assert registry.challenge(HOST) is None
+    assert registry.challenge(HOST) is None
     assert registry.challenges == {HOST: None}
     assert len(session.calls) == 1
 
@@ -834,12 +835,144 @@ def test_registry_challenge_error_is_not_remembered():
         {("get", f"https://{HOST}/v2/"): [response(503), response(200)]}
     )
     with pytest.raises(requests.exceptions.HTTPError) as raised:
-        registry.challenge(HOST, None)
+        registry.challenge(HOST)
     assert str(raised.value) == f"503 Server Error: Error for url: https://{HOST}/v2/"
     assert db.retry_wanted(raised.value) is True
     assert registry.challenges == {}
-    assert registry.challenge(HOST, None) is None
+    assert registry.challenge(HOST) is None
     assert len(session.calls) == 2
+
+
+BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="Registry Realm"'}
+
+
+def test_registry_challenge_basic_login_accepted():
+    """A Basic challenge and a login: the login is tried at once, and the
+    challenge is remembered as for any other."""
+    registry, session = registry_with(
+        {
+            ("get", f"https://{HOST}/v2/"): lambda authorization: (
+                response(200)
+                if authorization == BASIC
+                else response(401, BASIC_CHALLENGE)
+            )
+        }
+    )
+    challenge = registry.challenge(HOST)
+    assert (challenge.status_code, challenge.headers["WWW-Authenticate"]) == (
+        401,
+        'Basic realm="Registry Realm"',
+    )
+    assert registry.challenge(HOST) is challenge
+    assert session.calls == [
+        ("get", f"https://{HOST}/v2/", None, 30),
+        ("get", f"https://{HOST}/v2/", BASIC, 30),
+    ]
+
+
+@pytest.mark.parametrize("scheme", ["Basic", "basic", "BASIC"])
+def test_registry_challenge_basic_login_rejected(scheme):
+    registry, session = registry_with(
+        {
+            ("get", f"https://{HOST}/v2/"): [
+                response(401, {"WWW-Authenticate": f'{scheme} realm="r"'})
+            ]
+        }
+    )
+    assert fatal_message(registry.challenge, HOST) == (
+        "reg.example: login failed: the registry rejected the credentials of me"
+    )
+    assert session.calls == [
+        ("get", f"https://{HOST}/v2/", None, 30),
+        ("get", f"https://{HOST}/v2/", BASIC, 30),
+    ]
+    assert registry.challenges == {}
+
+
+def test_registry_challenge_basic_without_login_is_not_checked():
+    registry, session = registry_with(
+        {("get", f"https://{HOST}/v2/"): [response(401, BASIC_CHALLENGE)]}, logins={}
+    )
+    assert registry.challenge(HOST).status_code == 401
+    assert session.calls == [("get", f"https://{HOST}/v2/", None, 30)]
+
+
+def test_registry_challenge_login_of_another_registry_is_not_tried():
+    registry, session = registry_with(
+        {("get", f"https://{HOST}/v2/"): [response(401, BASIC_CHALLENGE)]},
+        logins={"other.example": ("me", "secret")},
+    )
+    assert registry.challenge(HOST).status_code == 401
+    assert len(session.calls) == 1
+
+
+def test_registry_timeout_reaches_every_request():
+    registry = db.Registry({HOST: ("me", "secret")}, timeout=2.5)
+    session = FakeSession(
+        {
+            ("get", f"https://{HOST}/v2/"): [response(401, CHALLENGE)],
+            ("get", token_url("o/img")): [token("t")],
+        }
+    )
+    registry.sessions[HOST] = session
+    client = registry.client(db.parse_reference(f"{HOST}/o/img"))
+    assert client.token == "t"
+    assert session.calls == [
+        ("get", f"https://{HOST}/v2/", None, 2.5),
+        ("get", token_url("o/img"), BASIC, 2.5),
+    ]
+
+
+def test_registry_authenticate_directly():
+    """Registry.authenticate keeps the token of the repository; a refusal of
+    the login is Fatal, an anonymous refusal is dxf's own error."""
+    ref = db.parse_reference(f"{HOST}/o/img")
+    registry, _ = registry_with({("get", token_url("o/img")): [token("t-1")]})
+    client = db.dxf.DXF(HOST, "o/img", None)
+    client._sessions.insert(0, registry.session(HOST))
+    registry.authenticate(client, ref, response(401, CHALLENGE), ["pull"])
+    assert registry.tokens == {(HOST, "o/img"): "t-1"}
+
+    registry, _ = registry_with(
+        {("get", token_url("o/img")): [response(401, CHALLENGE, url=REALM)]}
+    )
+    client._sessions[0] = registry.session(HOST)
+    with pytest.raises(db.Fatal) as info:
+        registry.authenticate(client, ref, response(401, CHALLENGE), ["pull"])
+    assert (info.value.message, info.value.code, info.value.__suppress_context__) == (
+        "reg.example: login failed: the registry rejected the credentials of me",
+        1,
+        True,
+    )
+
+    registry, _ = registry_with(
+        {("get", token_url("o/img")): [response(401, CHALLENGE, url=REALM)]},
+        logins={},
+    )
+    client._sessions[0] = registry.session(HOST)
+    with pytest.raises(db.dxf.exceptions.DXFUnauthorizedError):
+        registry.authenticate(client, ref, response(401, CHALLENGE), ["pull"])
+    assert registry.tokens == {}
+
+
+@pytest.mark.parametrize(
+    ("registry", "user", "message"),
+    [
+        (
+            "ghcr.io",
+            "bob",
+            "ghcr.io: login failed: the registry rejected the credentials of bob",
+        ),
+        (
+            "localhost:5000",
+            "a b",
+            "localhost:5000: login failed: "
+            "the registry rejected the credentials of a b",
+        ),
+    ],
+)
+def test_login_rejected(registry, user, message):
+    assert db.login_rejected(registry, user) == message
 
 
 def test_registry_client_authenticates_once_per_repository():
@@ -1003,13 +1136,10 @@ def test_context_changes_real_directory(tmp_path):
     contexts.close()
 
 
+@pytest.mark.parametrize("logins", [{}, {HOST: ("me", "secret")}])
 @pytest.mark.parametrize(
     "routes",
     [
-        {
-            ("get", f"https://{HOST}/v2/"): [response(401, CHALLENGE)],
-            ("get", token_url("o/img")): [response(401, CHALLENGE, url=REALM)],
-        },
         {
             ("get", f"https://{HOST}/v2/"): [response(401, CHALLENGE)],
             ("get", token_url("o/img")): [response(403, url=REALM)],
@@ -1017,6 +1147,30 @@ def test_context_changes_real_directory(tmp_path):
         {("get", f"https://{HOST}/v2/"): [response(403)]},
     ],
 )
-def test_fetch_image_refused_by_the_registry_means_not_there(routes):
-    registry, _ = registry_with(routes)
+def test_fetch_image_refused_by_the_registry_means_not_there(routes, logins):
+    registry, _ = registry_with(routes, logins)
     assert db.fetch_image(f"{HOST}/o/img:1", AMD, registry) is None
+
+
+TOKEN_REFUSED = {
+    ("get", f"https://{HOST}/v2/"): [response(401, CHALLENGE)],
+    ("get", token_url("o/img")): [response(401, CHALLENGE, url=REALM)],
+}
+
+
+def test_fetch_image_token_refused_anonymously_means_not_there():
+    registry, _ = registry_with(dict(TOKEN_REFUSED), logins={})
+    assert db.fetch_image(f"{HOST}/o/img:1", AMD, registry) is None
+
+
+def test_fetch_image_token_refused_for_a_login_is_fatal():
+    """A token server's 401 to a login is a wrong password, not a missing
+    image: every image would be rebuilt on every run."""
+    registry, session = registry_with(dict(TOKEN_REFUSED))
+    assert fatal_message(db.fetch_image, f"{HOST}/o/img:1", AMD, registry) == (
+        "reg.example: login failed: the registry rejected the credentials of me"
+    )
+    assert session.calls == [
+        ("get", f"https://{HOST}/v2/", None, 30),
+        ("get", token_url("o/img"), BASIC, 30),
+    ]

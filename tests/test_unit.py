@@ -5,15 +5,23 @@ registry client (dxf) is replaced by a fake where its error handling is
 tested. Files and git repositories live in tmp_path.
 """
 
+import argparse
 import datetime
 import hashlib
 import json
 import os
+import signal
+import socket
+import ssl
 import subprocess
+import threading
+import time
+import types
 
 import pytest
 import requests
 import requests.exceptions
+import urllib3.exceptions
 from conftest import load_tool
 
 db = load_tool()
@@ -378,8 +386,18 @@ def test_read_config_hash_name_is_comment(config):
         ("Bad\tmissing\n", "docker_images line 1: invalid image name 'Bad'"),
         ("scratch\td\n", "docker_images line 1: Reserved image name 'scratch'"),
         ("scratch\tmissing\n", "docker_images line 1: Reserved image name 'scratch'"),
-        ("img\td\nimg:latest\td\n", "docker_images: multiple entries for img:latest"),
-        ("img\td\nimg\tmissing\n", "docker_images: multiple entries for img"),
+        (
+            "img\td\nimg:latest\td\n",
+            "docker_images lines 1 and 2: multiple entries for img:latest",
+        ),
+        (
+            "img\td\nimg\tmissing\n",
+            "docker_images lines 1 and 2: multiple entries for img",
+        ),
+        (
+            "# c\nimg:1\td\nother\td\n\nimg:1\td\n",
+            "docker_images lines 2 and 5: multiple entries for img:1",
+        ),
         ("img\tmissing\n", "docker_images line 1: unknown directory 'missing'"),
         (
             "img\td\n--label 'x\n",
@@ -477,6 +495,45 @@ def test_docker_repositories_unset():
 def test_docker_repositories_invalid(value, message):
     environ = {"DOCKER_REPOSITORY": value}
     assert fatal_message(db.docker_repositories, environ) == message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["user:1", "ghcr.io/o:latest", "localhost:5000/o:2", "ghcr.io/o@" + DIGEST],
+)
+def test_docker_repositories_tag_or_digest(value):
+    environ = {"DOCKER_REPOSITORY": f"docker.io/ok {value}"}
+    assert fatal_message(db.docker_repositories, environ) == (
+        f"DOCKER_REPOSITORY: {value}: a repository must not have a tag or digest"
+    )
+
+
+@pytest.mark.parametrize("value", ["localhost:5000/o", "ghcr.io/o/sub", "user"])
+def test_docker_repositories_registry_port_is_no_tag(value):
+    assert db.docker_repositories({"DOCKER_REPOSITORY": value}) == [value]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("A___B", "invalid reference format"),
+        ("Img..x", "invalid reference format"),
+        ("user/-Img", "invalid reference format"),
+        ("Img", "invalid reference format: repository name (Img) must be lowercase"),
+        (
+            "user/Img:1",
+            "invalid reference format: repository name (user/Img) must be lowercase",
+        ),
+        (
+            "ghcr.io/O/a",
+            "invalid reference format: repository name (O/a) must be lowercase",
+        ),
+    ],
+)
+def test_parse_reference_lowercase_only_when_otherwise_valid(text, message):
+    with pytest.raises(ValueError) as info:
+        db.parse_reference(text)
+    assert str(info.value) == message
 
 
 def test_login_table():
@@ -654,22 +711,131 @@ def test_build_command_plain_base():
     ]
 
 
-def test_build_runs_command(capfd):
-    db.build(["sh", "-c", "echo built"], dict(os.environ))
-    assert capfd.readouterr().out == "built\n\n"
+@pytest.fixture
+def docker_script(tmp_path):
+    """Install `script` as the docker command; return the environment that
+    finds it first."""
+
+    def install(script):
+        bindir = tmp_path / "bin"
+        bindir.mkdir(exist_ok=True)
+        docker = bindir / "docker"
+        docker.write_text("#!/bin/sh\n" + script)
+        docker.chmod(0o755)
+        return {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+
+    return install
 
 
-def test_build_failure_exit_status():
-    environ = dict(os.environ)
-    with pytest.raises(db.Fatal) as info:
-        db.build(["sh", "-c", "exit 3"], environ)
-    assert (info.value.message, info.value.code) == (None, 3)
+BUILD_TARGET = db.Target(
+    make_image("img", directory="ctx"), "ghcr.io/o", "ghcr.io/o/img:latest", "NONE"
+)
 
 
-def test_build_cannot_run_docker():
-    assert fatal_message(db.build, ["/nonexistent/docker"], dict(os.environ)) == (
-        "Can't run docker: [Errno 2] No such file or directory: '/nonexistent/docker'"
+def test_build_runs_command(capfd, docker_script):
+    environ = docker_script('echo "$K:" "$@"\n')
+    environ["K"] = "V"
+    db.build(BUILD_TARGET, environ)
+    assert capfd.readouterr().out == (
+        "V: buildx build --push --tag ghcr.io/o/img:latest ctx\n\n"
     )
+
+
+def test_build_runs_docker_in_a_session_of_its_own(capfd, docker_script):
+    environ = docker_script('ps -o sid= -p $$ | tr -d " "; echo $$\n')
+    db.build(BUILD_TARGET, environ)
+    sid, pid, blank = capfd.readouterr().out.split("\n", 2)
+    assert (sid, blank) == (pid, "\n")
+    assert int(sid) != os.getsid(0)
+
+
+@pytest.mark.parametrize("code", [1, 3, 125, 255])
+def test_build_failure_exit_status(capfd, docker_script, code):
+    environ = docker_script(f"echo failing; exit {code}\n")
+    with pytest.raises(db.Fatal) as info:
+        db.build(BUILD_TARGET, environ)
+    assert (info.value.message, info.value.code) == (None, code)
+    assert capfd.readouterr().out == "failing\n"  # no blank line
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "code"), [("TERM", 143), ("KILL", 137), ("INT", 130)]
+)
+def test_build_killed_by_a_signal(capfd, docker_script, signal_name, code):
+    environ = docker_script(f"kill -{signal_name} $$\nsleep 5\n")
+    with pytest.raises(db.Fatal) as info:
+        db.build(BUILD_TARGET, environ)
+    assert (info.value.message, info.value.code) == (
+        f"ghcr.io/o/img: docker was killed by SIG{signal_name}",
+        code,
+    )
+    assert capfd.readouterr().out == ""
+
+
+def test_build_cannot_run_docker(tmp_path):
+    environ = {"PATH": str(tmp_path / "nobin")}
+    assert fatal_message(db.build, BUILD_TARGET, environ) == (
+        "Can't run docker: [Errno 2] No such file or directory: 'docker'"
+    )
+
+
+def test_build_interrupted_stops_the_process_group(
+    tmp_path, capfd, docker_script, monkeypatch
+):
+    """An Interrupted while docker runs: its whole session gets SIGTERM, then
+    SIGKILL after BUILD_STOP_TIMEOUT; the run ends with 128 + the signal."""
+    pids = tmp_path / "pids"
+    environ = docker_script(f"trap '' TERM\nsleep 60 &\necho $$ $! > {pids}\nwait\n")
+    monkeypatch.setattr(db, "BUILD_STOP_TIMEOUT", 0.2)
+
+    def interrupt(signum, frame):
+        raise db.Interrupted(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(db.Fatal) as info:
+            db.build(BUILD_TARGET, environ)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (info.value.message, info.value.code) == (
+        "Interrupted by SIGTERM: build of ghcr.io/o/img stopped",
+        143,
+    )
+    shell, sleeper = (int(pid) for pid in pids.read_text().split())
+    for pid in (shell, sleeper):  # both gone (the sleeper may be a zombie
+        # of init for a moment): no signal can reach a live process
+        deadline = time.monotonic() + 5
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_alive(pid)
+
+
+def process_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("signum", "message"),
+    [
+        (9, "ghcr.io/o/img: docker was killed by SIGKILL"),
+        (15, "ghcr.io/o/img: docker was killed by SIGTERM"),
+        (2, "ghcr.io/o/img: docker was killed by SIGINT"),
+        (11, "ghcr.io/o/img: docker was killed by SIGSEGV"),
+    ],
+)
+def test_killed_message(signum, message):
+    assert db.killed_message(BUILD_TARGET, signum) == message
+
+
+def test_killed_message_shows_the_name_without_added_tag():
+    target = db.image_targets(make_image("tool:2", image="tool:2"), ["user"])[0]
+    assert db.killed_message(target, 9) == "user/tool:2: docker was killed by SIGKILL"
 
 
 # ----------------------------------------------------------------------------
@@ -698,14 +864,144 @@ def test_request_error_text_old_urllib3():
 
 
 def test_request_error_text_plain_message():
+    """No cause in the chain and no urllib3 wrapping: the whole text."""
+    err = requests.exceptions.HTTPError(
+        "404 Client Error: Not Found for url: https://reg.example/v2/"
+    )
+    assert db.request_error_text(err) == (
+        "404 Client Error: Not Found for url: https://reg.example/v2/"
+    )
+
+
+def test_request_error_text_timeout_message():
     err = requests.exceptions.ReadTimeout("Read timed out. (read timeout=30)")
-    assert db.request_error_text(err) == "Read timed out. (read timeout=30)"
+    assert db.request_error_text(err) == "timed out"
 
 
 def test_request_error_text_double_quoted_cause_passes_through():
     """The reference regex needs a closing "')": a "\")" cause is kept whole."""
     err = requests.exceptions.ConnectionError(NEW_URLLIB3)
     assert db.request_error_text(err) == NEW_URLLIB3
+
+
+def raised(error, cause=None):
+    """The error as a raise statement leaves it (with its __cause__)."""
+    try:
+        raise error from cause
+    except BaseException as caught:
+        return caught
+
+
+def refused_chain():
+    """What requests raises for a refused connection (urllib3 2)."""
+    refused = raised(ConnectionRefusedError(111, "Connection refused"))
+    new_connection = raised(
+        urllib3.exceptions.NewConnectionError(
+            None, "Failed to establish a new connection: [Errno 111] Connection refused"
+        ),
+        refused,
+    )
+    retries = raised(
+        urllib3.exceptions.MaxRetryError(None, "/v2/", new_connection), None
+    )
+    return raised(requests.exceptions.ConnectionError(retries)), [
+        retries,
+        new_connection,
+        refused,
+    ]
+
+
+def test_exception_chain_outermost_first():
+    outer, (retries, new_connection, refused) = refused_chain()
+    assert db.exception_chain(outer) == [outer, retries, new_connection, refused]
+
+
+def test_exception_chain_context_and_cycles():
+    first, second = ValueError("first"), KeyError("second")
+    first.__context__, second.__context__ = second, first
+    assert db.exception_chain(first) == [first, second]
+    alone = RuntimeError("alone")
+    assert db.exception_chain(alone) == [alone]
+
+
+def test_exception_chain_cause_before_context_before_reason_before_args():
+    cause, context, reason, arg = (OSError(n) for n in range(4))
+    err = Exception("text", arg, 5)
+    err.__cause__, err.__context__, err.reason = cause, context, reason
+    assert db.exception_chain(err) == [err, cause, context, reason, arg]
+
+
+def test_request_error_text_connection_refused():
+    outer, _ = refused_chain()
+    assert db.request_error_text(outer) == "Connection refused"
+
+
+def test_request_error_text_name_not_known():
+    gaierror = raised(socket.gaierror(-2, "Name or service not known"))
+    resolution = raised(
+        urllib3.exceptions.NameResolutionError("nowhere.invalid", None, gaierror),
+        gaierror,
+    )
+    retries = raised(urllib3.exceptions.MaxRetryError(None, "/v2/", resolution))
+    outer = raised(requests.exceptions.ConnectionError(retries))
+    assert db.request_error_text(outer) == "Name or service not known"
+    assert db.request_error_text(gaierror) == "Name or service not known"
+
+
+def test_request_error_text_connection_reset():
+    reset = raised(ConnectionResetError(104, "Connection reset by peer"))
+    protocol = raised(urllib3.exceptions.ProtocolError("Connection aborted.", reset))
+    outer = raised(requests.exceptions.ConnectionError(protocol))
+    assert db.request_error_text(outer) == "Connection reset by peer"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: requests.exceptions.ConnectTimeout("slow"),
+        lambda: requests.exceptions.ReadTimeout("Read timed out. (read timeout=30)"),
+        lambda: TimeoutError("timed out"),
+        # a read timeout while streaming a body: requests says ConnectionError
+        lambda: raised(
+            requests.exceptions.ConnectionError(
+                raised(
+                    urllib3.exceptions.ReadTimeoutError(None, None, "Read timed out."),
+                    raised(TimeoutError("The read operation timed out")),
+                )
+            )
+        ),
+        # a timeout wins over the strerror of an OSError in the chain
+        lambda: raised(
+            requests.exceptions.ConnectionError("x"),
+            raised(TimeoutError(110, "Connection timed out")),
+        ),
+    ],
+)
+def test_request_error_text_timeout(make):
+    assert db.request_error_text(make()) == "timed out"
+
+
+def test_request_error_text_certificate():
+    verify = ssl.SSLCertVerificationError(
+        1,
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+        "self-signed certificate (_ssl.c:1006)",
+    )
+    verify.verify_message = "self-signed certificate"
+    verify.verify_code = 18
+    ssl_error = raised(urllib3.exceptions.SSLError(verify), verify)
+    retries = raised(urllib3.exceptions.MaxRetryError(None, "/v2/", ssl_error))
+    outer = raised(requests.exceptions.SSLError(retries))
+    assert db.request_error_text(outer) == (
+        "certificate verify failed: self-signed certificate"
+    )
+    assert db.request_error_text(verify) == (
+        "certificate verify failed: self-signed certificate"
+    )
+
+
+def test_request_error_text_os_error_without_strerror_keeps_the_text():
+    assert db.request_error_text(OSError("no strerror here")) == "no strerror here"
 
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -1322,7 +1618,7 @@ def test_oldest_created():
 
 
 # ----------------------------------------------------------------------------
-# context_change and mtime_tree (real git repositories)
+# context_change and context_mtime (real git repositories)
 # ----------------------------------------------------------------------------
 
 
@@ -1408,16 +1704,17 @@ def test_context_change_outside_git(tmp_path, environ):
 
 
 def test_context_change_ignored_files_only(repo, environ):
-    """Clean, but no commit touches the directory: int('') fails."""
+    """Clean, but no commit touches the directory: the times of the files
+    that would go into the context count; git ignores all of them, so
+    none does (the reference failed with int(''))."""
     (repo / ".gitignore").write_text("three/\n")
     git(repo, "add", ".gitignore")
     git(repo, "commit", "-q", "-m", "ignore", date="@1700000001 +0000")
     (repo / "three").mkdir()
     (repo / "three" / "Dockerfile").write_text("FROM alpine\n")
+    set_tree_mtime(repo / "three", 1750000000)
     image = make_image("three", directory=str(repo / "three"))
-    assert fatal_message(db.context_change, image, environ) == (
-        "three: Can't get commit date: invalid literal for int() with base 10: ''"
-    )
+    assert db.context_change(image, environ) == (0.0, db.REASON_FILES)
 
 
 def test_context_change_no_commits(tmp_path, environ):
@@ -1448,23 +1745,27 @@ def test_context_change_without_git(tmp_path):
     )
 
 
-def test_mtime_tree(tmp_path):
+def test_context_mtime_of_a_walked_tree(tmp_path):
+    """What mtime_tree was: the newest of the directory, its files and its
+    subdirectories."""
     tree = tmp_path / "tree"
     (tree / "a" / "b").mkdir(parents=True)
     (tree / "a" / "b" / "f").write_text("x")
     (tree / "g").write_text("y")
     set_tree_mtime(tree, 1000)
-    assert db.mtime_tree(str(tree)) == 1000
+    assert db.context_mtime(str(tree), db.walk_files(str(tree))) == 1000
     os.utime(tree / "a" / "b" / "f", (1, 3000.25))
-    assert db.mtime_tree(str(tree)) == 3000.25
+    assert db.context_mtime(str(tree), db.walk_files(str(tree))) == 3000.25
     os.utime(tree / "a", (1, 4000))  # directories count too
-    assert db.mtime_tree(str(tree)) == 4000
-    assert db.mtime_tree(str(tmp_path / "missing")) == 0
+    assert db.context_mtime(str(tree), db.walk_files(str(tree))) == 4000
+    os.utime(tree, (1, 5000))  # and the directory itself
+    assert db.context_mtime(str(tree), db.walk_files(str(tree))) == 5000
+    assert db.context_mtime(str(tree), db.walk_files(str(tree)), root=False) == 4000
 
 
 # ----------------------------------------------------------------------------
 # needs_rebuild, check_target, decide and plan_rebuilds (registry answers
-# from a dict); rebuild_in_order (subprocess.run replaced)
+# from a dict); rebuild_in_order (subprocess.Popen replaced)
 # ----------------------------------------------------------------------------
 
 
@@ -2030,24 +2331,25 @@ def test_plan_rebuilds_explain_ignores_git_failure_of_decided_target(git_fails):
     assert registry.calls == [HUB_BASE, HUB_TARGET, HUB_BASE, HUB_TARGET]
 
 
-class FakeRun:
-    """Replaces subprocess.run: records the commands, returns `codes`
-    (by full name, 0 for any other)."""
+class FakePopen:
+    """Replaces subprocess.Popen: records the commands, and each waits for
+    its code in `codes` (by full name, 0 for any other)."""
 
     def __init__(self, codes=None):
         self.codes = codes or {}
         self.calls = []
 
-    def __call__(self, command, check, env):
-        self.calls.append((command, check, env))
-        return subprocess.CompletedProcess(command, self.codes.get(command[-2], 0))
+    def __call__(self, command, env, start_new_session):
+        self.calls.append((command, env, start_new_session))
+        code = self.codes.get(command[-2], 0)
+        return types.SimpleNamespace(wait=lambda: code, pid=None)
 
 
 def test_rebuild_in_order_builds_bases_first(monkeypatch, capsys, context):
     """A dependent listed before its base is built after it, and without
     look-ups: its base will be rebuilt."""
-    run = FakeRun()
-    monkeypatch.setattr(db.subprocess, "run", run)
+    run = FakePopen()
+    monkeypatch.setattr(db.subprocess, "Popen", run)
     registry = FakeRegistry({})
     base_image = make_image("base", directory="b", base="NONE")
     plan = db.plan_rebuilds(
@@ -2061,7 +2363,7 @@ def test_rebuild_in_order_builds_bases_first(monkeypatch, capsys, context):
         "Reason: Base image will be rebuilt: ghcr.io/o/base:latest\n\n\n"
     )
     assert run.calls == [
-        (["docker", "buildx", "build", "--push", "--tag", BASE, "b"], False, environ),
+        (["docker", "buildx", "build", "--push", "--tag", BASE, "b"], environ, True),
         (
             [
                 "docker",
@@ -2074,16 +2376,16 @@ def test_rebuild_in_order_builds_bases_first(monkeypatch, capsys, context):
                 TARGET,
                 "d",
             ],
-            False,
             environ,
+            True,
         ),
     ]
     assert registry.calls == []
 
 
 def test_rebuild_in_order_every_repository_skips_up_to_date(monkeypatch, capsys):
-    run = FakeRun()
-    monkeypatch.setattr(db.subprocess, "run", run)
+    run = FakePopen()
+    monkeypatch.setattr(db.subprocess, "Popen", run)
     tool = make_image("tool:2", image="tool:2", directory="t", base="NONE")
     other = make_image("other", directory="o", base="NONE")
     plan = db.Plan(
@@ -2104,8 +2406,8 @@ def test_rebuild_in_order_every_repository_skips_up_to_date(monkeypatch, capsys)
 
 
 def test_rebuild_in_order_stops_at_first_failure(monkeypatch, capsys):
-    run = FakeRun({"user/b:latest": 7, "user/c:latest": 3})
-    monkeypatch.setattr(db.subprocess, "run", run)
+    run = FakePopen({"user/b:latest": 7, "user/c:latest": 3})
+    monkeypatch.setattr(db.subprocess, "Popen", run)
     images = [make_image(name, directory=name, base="NONE") for name in "abc"]
     plan = db.Plan(
         tuple(
@@ -2127,6 +2429,7 @@ def test_rebuild_in_order_stops_at_first_failure(monkeypatch, capsys):
 
 def test_rebuild_in_order_dry_run(monkeypatch, capsys, context):
     monkeypatch.setattr(db.subprocess, "run", lambda *a, **k: pytest.fail("built"))
+    monkeypatch.setattr(db.subprocess, "Popen", lambda *a, **k: pytest.fail("built"))
     image = make_image("tool:2", image="tool:2", base="NONE")
     registry = FakeRegistry({})
     plan = db.plan_rebuilds([image], REPOS, True, [], registry, context)
@@ -2150,14 +2453,19 @@ def test_main_help(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.startswith(
         "usage: docker_build [--help] [--all] [--dir DIR] [--dry-run] [--file FILE]\n"
-        "                    [--jobs N] [--no-cache] [--build-jobs N] [--explain]\n"
+        "                    [--jobs N] [--timeout SECONDS] [--no-cache] [--no-wait]\n"
+        "                    [--build-jobs N] [--explain]\n"
         "                    [image ...]\n\n"
         "docker_build - (re)build outdated docker images\n"
     )
     assert out.endswith(
         "  --file FILE, -f FILE  use FILE as image config (default: 'docker_images')\n"
         "  --jobs N, -j N        make up to N registry look-ups at once (default: 8)\n"
+        "  --timeout SECONDS     give up a registry request after SECONDS "
+        "(default: 30)\n"
         "  --no-cache            neither read nor write the manifest digest cache\n"
+        "  --no-wait             exit when another run is building from the same\n"
+        "                        configuration\n"
         "  --build-jobs N        run up to N builds at once (default: 1)\n"
         "  --explain, -v         print the evidence for every image on stderr\n"
     )
@@ -2239,3 +2547,156 @@ def test_main_dry_run_all(clean_env, monkeypatch, capsys, tmp_path):
         "*** user/tool:2\nReason: Rebuild triggered by command line\n\n"
         "*** ghcr.io/o/tool:2\nReason: Rebuild triggered by command line\n\n"
     )
+
+
+# ----------------------------------------------------------------------------
+# positive_float, lock_configuration, signals in main
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2.5", 2.5), ("1", 1.0), ("1e-3", 0.001), (" 7 ", 7.0), ("0.01", 0.01)],
+)
+def test_positive_float(text, expected):
+    assert db.positive_float(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "-0.5", "0.0", "abc", "", "nan", "1s"])
+def test_positive_float_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        db.positive_float(text)
+    assert str(info.value) == f"not a positive number: '{text}'"
+
+
+@pytest.mark.parametrize("text", ["inf", "1e400"])
+def test_positive_float_rejects_infinity(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        db.positive_float(text)
+
+
+@pytest.mark.parametrize("value", ["0", "x"])
+def test_main_timeout_must_be_positive(capsys, value):
+    with pytest.raises(SystemExit) as info:
+        db.main(["--timeout", value])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"docker_build: error: argument --timeout: not a positive number: '{value}'\n"
+    )
+
+
+def test_lock_configuration(tmp_path):
+    path = tmp_path / "docker_images"
+    path.write_text("img\td\n")
+    first = db.lock_configuration(str(path), False)
+    assert first is not None and not first.closed
+    assert fatal_message(db.lock_configuration, str(path), False) == (
+        f"{path}: another docker_build run is using it"
+    )
+    first.close()  # a closed handle releases the lock
+    second = db.lock_configuration(str(path), False)
+    assert second is not None
+    second.close()
+
+
+def test_lock_configuration_waits(tmp_path):
+    path = str(tmp_path / "docker_images")
+    with open(path, "w") as config:
+        config.write("img\td\n")
+    first = db.lock_configuration(path, True)
+    got = []
+    waiter = threading.Thread(
+        target=lambda: got.append(db.lock_configuration(path, True))
+    )
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and got == []  # still waiting
+    first.close()
+    waiter.join(5)
+    assert not waiter.is_alive() and got[0] is not None
+    got[0].close()
+
+
+def test_lock_configuration_missing_file(tmp_path):
+    assert db.lock_configuration(str(tmp_path / "missing"), False) is None
+    assert db.lock_configuration(str(tmp_path / "missing"), True) is None
+
+
+def test_main_no_wait_while_another_run_builds(clean_env, capsys, tmp_path):
+    held = db.lock_configuration(str(tmp_path / "docker_images"), False)
+    try:
+        assert db.main(["--no-wait", "-a"]) == 1
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == (
+            "",
+            "docker_images: another docker_build run is using it\n",
+        )
+    finally:
+        held.close()
+
+
+def test_main_dry_run_does_not_lock(clean_env, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("DOCKER_REPOSITORY", "user")
+    held = db.lock_configuration(str(tmp_path / "docker_images"), False)
+    try:
+        assert db.main(["-n", "--no-wait", "-a"]) == 0
+    finally:
+        held.close()
+    assert capsys.readouterr().out == (
+        "*** user/img\nReason: Rebuild triggered by command line\n\n"
+    )
+
+
+def test_main_releases_the_lock(clean_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_REPOSITORY", "user")
+    monkeypatch.setattr(db, "fetch_image", lambda *a: None)
+    seen = []
+
+    def rebuild(plan, dry_run, environ):
+        seen.append(db.lock_configuration(str(tmp_path / "docker_images"), False))
+
+    monkeypatch.setattr(db, "rebuild_in_order", rebuild)
+    with pytest.raises(db.Fatal):  # held while building
+        db.run(db.build_parser().parse_args(["-a", "--no-wait"]), os.environ)
+    assert seen == []
+    # after the run: free
+    db.lock_configuration(str(tmp_path / "docker_images"), False).close()
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+)
+def test_main_interrupted(monkeypatch, capsys, signum, code):
+    """A signal during the run: one line, 128 + N; the handlers are restored."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    during = []
+
+    def run(args, environ):
+        during.append([signal.getsignal(sig) for sig in before])
+        os.kill(os.getpid(), signum)
+        time.sleep(5)
+        pytest.fail("not interrupted")
+
+    monkeypatch.setattr(db, "run", run)
+    assert db.main([]) == code
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == (
+        "",
+        f"docker_build: interrupted by {signal.Signals(signum).name}\n",
+    )
+    assert during == [[db.raise_interrupted, db.raise_interrupted]]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_raise_interrupted():
+    with pytest.raises(db.Interrupted) as info:
+        db.raise_interrupted(signal.SIGTERM, None)
+    assert (info.value.signum, info.value.name) == (signal.SIGTERM, "SIGTERM")
+
+
+def test_catch_signals_outside_the_main_thread():
+    found = []
+    worker = threading.Thread(target=lambda: found.append(db.catch_signals()))
+    worker.start()
+    worker.join()
+    assert found == [{}]
