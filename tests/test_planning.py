@@ -55,6 +55,7 @@ class FakeRegistry(db.Registry):
     def prefetch(self, wanted):
         """Record what a run would ask for up front; start nothing."""
         self.prefetched.extend(wanted)
+        return []
 
     def lookup(self, reference, platforms):
         self.calls.append(reference)
@@ -83,6 +84,7 @@ class FakeContexts:
 
     def prefetch(self, images):
         self.prefetched.extend(image.name for image in images)
+        return []
 
     def get(self, image):
         self.calls.append(image.name)
@@ -1251,8 +1253,8 @@ def test_main_jobs_and_cache(
     made = []
 
     class Registry(db.Registry):
-        def __init__(self, logins, jobs=1, cache=None, timeout=30):
-            super().__init__(logins, jobs, cache, timeout)
+        def __init__(self, logins, jobs=1, cache=None, timeout=30, insecure=()):
+            super().__init__(logins, jobs, cache, timeout, insecure)
             made.append(("registry", jobs, cache.path, self.timeout))
 
         def close(self):
