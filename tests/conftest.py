@@ -4,6 +4,7 @@ world the tool runs in, and the docker test double."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.machinery
 import importlib.util
 import json
@@ -41,8 +42,9 @@ USER = "builder"
 PASSWORD = "Canary-pw-7f3a9c"  # must never show up anywhere
 
 
+@functools.cache
 def load_tool() -> ModuleType:
-    """Import the executable (it has no .py suffix)."""
+    """Import the executable (it has no .py suffix), once for all tests."""
     loader = importlib.machinery.SourceFileLoader("docker_build", str(TOOL))
     spec = importlib.util.spec_from_loader("docker_build", loader)
     assert spec
