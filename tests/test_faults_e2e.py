@@ -158,8 +158,7 @@ def test_server_errors_give_up_with_one_line(
 # ----------------------------------------------------------------------------
 
 
-def test_wrong_basic_password(auth_world: World) -> None:
-    world = auth_world
+def refuses_wrong_password(world: World) -> None:
     world.up_to_date()
     login = {"DOCKER_LOGIN": f"{world.registry.host} {USER} wrong-{PASSWORD}"}
     fails(
@@ -168,18 +167,14 @@ def test_wrong_basic_password(auth_world: World) -> None:
         f"{world.registry.host}: login failed: "
         f"the registry rejected the credentials of {USER}\n",
     )
+
+
+def test_wrong_basic_password(auth_world: World) -> None:
+    refuses_wrong_password(auth_world)
 
 
 def test_wrong_bearer_password(token_world: World) -> None:
-    world = token_world
-    world.up_to_date()
-    login = {"DOCKER_LOGIN": f"{world.registry.host} {USER} wrong-{PASSWORD}"}
-    fails(
-        world,
-        world.run(env=login),
-        f"{world.registry.host}: login failed: "
-        f"the registry rejected the credentials of {USER}\n",
-    )
+    refuses_wrong_password(token_world)
 
 
 def test_repository_hidden_from_an_accepted_login(token_world: World) -> None:
