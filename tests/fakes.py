@@ -62,3 +62,8 @@ class FakeContexts:
 
     def close(self):
         pass
+
+
+def needs_rebuild(target, registry, contexts):
+    """The reason check_target gives, alone."""
+    return db.check_target(target, registry, contexts)[0]

@@ -1203,18 +1203,18 @@ def test_main_jobs_and_cache(
             super().__init__(logins, jobs, cache, timeout, insecure)
             made.append(("registry", jobs, cache.path, self.timeout))
 
-        def close(self):
+        def close(self, wait=True):
             made.append(("registry closed",))
-            super().close()
+            super().close(wait)
 
     class ContextChanges(db.ContextChanges):
         def __init__(self, environ, jobs=1):
             super().__init__(environ, jobs)
             made.append(("contexts", jobs))
 
-        def close(self):
+        def close(self, wait=True):
             made.append(("contexts closed",))
-            super().close()
+            super().close(wait)
 
     monkeypatch.setattr(db, "Registry", Registry)
     monkeypatch.setattr(db, "ContextChanges", ContextChanges)

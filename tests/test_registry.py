@@ -750,7 +750,7 @@ def test_registry_session_per_host():
     }
     for scheme in ("https://", "http://"):
         adapter = session.get_adapter(scheme + "a.example/v2/")
-        assert (adapter._pool_connections, adapter._pool_maxsize) == (1, 6)
+        assert (adapter._pool_connections, adapter._pool_maxsize) == (4, 6)
     registry.close()
 
 
@@ -1144,12 +1144,19 @@ def test_context_changes_real_directory(tmp_path):
             ("get", f"https://{HOST}/v2/"): [response(401, CHALLENGE)],
             ("get", token_url("o/img")): [response(403, url=REALM)],
         },
-        {("get", f"https://{HOST}/v2/"): [response(403)]},
     ],
 )
 def test_fetch_image_refused_by_the_registry_means_not_there(routes, logins):
     registry, _ = registry_with(routes, logins)
     assert db.fetch_image(f"{HOST}/o/img:1", AMD, registry) is None
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_fetch_image_not_a_registry(status):
+    registry, _ = registry_with({("get", f"https://{HOST}/v2/"): [response(status)]})
+    with pytest.raises(db.Fatal) as info:
+        db.fetch_image(f"{HOST}/o/img:1", AMD, registry)
+    assert info.value.message == f"{HOST}: not a registry: GET /v2/ answered {status}"
 
 
 TOKEN_REFUSED = {

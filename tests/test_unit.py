@@ -23,7 +23,7 @@ import requests
 import requests.exceptions
 import urllib3.exceptions
 from conftest import ROOT, load_tool
-from fakes import CREATED, FakeContexts, FakeRegistry, info
+from fakes import CREATED, FakeContexts, FakeRegistry, info, needs_rebuild
 
 db = load_tool()
 
@@ -438,12 +438,13 @@ def test_read_config_dockerfile_not_utf8(config, tmp_path):
 
 
 def test_read_config_file_not_utf8(config, tmp_path):
-    """The file is decoded before its first line: the error names line 0."""
+    """Each line is decoded on its own: the error names the bad line (the
+    reference tool decoded ahead and named line 0)."""
     config("")
     (tmp_path / "docker_images").write_bytes(b"img\td\n\xff\n")
     assert fatal_message(db.read_config, "docker_images", {}) == (
-        "docker_images line 0: 'utf-8' codec can't decode byte 0xff "
-        "in position 6: invalid start byte"
+        "docker_images line 2: 'utf-8' codec can't decode byte 0xff "
+        "in position 0: invalid start byte"
     )
 
 
@@ -499,7 +500,7 @@ def test_docker_repositories_invalid(value, message):
 
 @pytest.mark.parametrize(
     "value",
-    ["user:1", "ghcr.io/o:latest", "localhost:5000/o:2", "ghcr.io/o@" + DIGEST],
+    ["ghcr.io/o:latest", "localhost:5000/o:2", "ghcr.io/o@" + DIGEST],
 )
 def test_docker_repositories_tag_or_digest(value):
     environ = {"DOCKER_REPOSITORY": f"docker.io/ok {value}"}
@@ -508,7 +509,9 @@ def test_docker_repositories_tag_or_digest(value):
     )
 
 
-@pytest.mark.parametrize("value", ["localhost:5000/o", "ghcr.io/o/sub", "user"])
+@pytest.mark.parametrize(
+    "value", ["localhost:5000/o", "ghcr.io/o/sub", "user", "localhost:5000", "user:1"]
+)
 def test_docker_repositories_registry_port_is_no_tag(value):
     assert db.docker_repositories({"DOCKER_REPOSITORY": value}) == [value]
 
@@ -1812,7 +1815,7 @@ def test_image_targets():
 
 def test_needs_rebuild_missing_base(context):
     registry = FakeRegistry({BASE: None})
-    assert fatal_message(db.needs_rebuild, target(IMG), registry, context) == (
+    assert fatal_message(needs_rebuild, target(IMG), registry, context) == (
         "Missing base image: ghcr.io/o/base:latest"
     )
     assert registry.calls == [BASE]
@@ -1820,7 +1823,7 @@ def test_needs_rebuild_missing_base(context):
 
 def test_needs_rebuild_missing_image(context):
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: None})
-    reason = db.needs_rebuild(target(IMG), registry, context)
+    reason = needs_rebuild(target(IMG), registry, context)
     assert reason == "Image missing in repository"
     assert registry.calls == [BASE, TARGET]
     assert context.calls == []
@@ -1830,7 +1833,7 @@ def test_needs_rebuild_base_changed(context):
     registry = FakeRegistry(
         {BASE: info("sha256:b1", "sha256:new"), TARGET: info("sha256:b1", "sha256:i")}
     )
-    assert db.needs_rebuild(target(IMG), registry, context) == "Base image has changed"
+    assert needs_rebuild(target(IMG), registry, context) == "Base image has changed"
     assert context.calls == []
 
 
@@ -1843,7 +1846,7 @@ def test_needs_rebuild_context_time(context, offset, expected):
     registry = FakeRegistry(
         {BASE: info("sha256:b"), TARGET: info("sha256:b", "sha256:i")}
     )
-    assert db.needs_rebuild(target(IMG), registry, context) == expected
+    assert needs_rebuild(target(IMG), registry, context) == expected
     assert context.calls == ["img"]
 
 
@@ -1851,7 +1854,7 @@ def test_needs_rebuild_context_time(context, offset, expected):
 def test_needs_rebuild_untagged_base_never_compared(context, base):
     image = make_image("img", base=base)
     registry = FakeRegistry({"user/img:latest": info("sha256:i")})
-    assert db.needs_rebuild(target(image, "user"), registry, context) is None
+    assert needs_rebuild(target(image, "user"), registry, context) is None
     assert registry.calls == [base, "user/img:latest"]
 
 
@@ -1860,7 +1863,7 @@ def test_needs_rebuild_full_name_ignores_repository(context):
     registry = FakeRegistry({"debian:latest": info("sha256:d"), TARGET: None})
     (only,) = db.image_targets(image, REPOS)
     assert only.repository is None
-    assert db.needs_rebuild(only, registry, context) == "Image missing in repository"
+    assert needs_rebuild(only, registry, context) == "Image missing in repository"
     assert registry.calls == ["debian:latest", TARGET]
 
 
@@ -1870,7 +1873,7 @@ MULTI = make_image("img", base="$DOCKER_REPOSITORY/base:latest", platforms=BOTH)
 def test_needs_rebuild_image_lacks_a_platform(context):
     found = {"linux/amd64": info("sha256:b", "sha256:i"), "linux/arm64": None}
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: found})
-    assert db.needs_rebuild(target(MULTI), registry, context) == (
+    assert needs_rebuild(target(MULTI), registry, context) == (
         "Image missing in repository for linux/arm64"
     )
     assert context.calls == []
@@ -1879,7 +1882,7 @@ def test_needs_rebuild_image_lacks_a_platform(context):
 def test_needs_rebuild_base_lacks_a_platform(context):
     base = {"linux/amd64": info("sha256:b"), "linux/arm64": None}
     registry = FakeRegistry({BASE: base, TARGET: info("sha256:b")})
-    assert fatal_message(db.needs_rebuild, target(MULTI), registry, context) == (
+    assert fatal_message(needs_rebuild, target(MULTI), registry, context) == (
         "Missing base image: ghcr.io/o/base:latest for linux/arm64"
     )
 
@@ -1892,7 +1895,7 @@ def test_needs_rebuild_oldest_platform_image_decides(context):
         "linux/arm64": info("sha256:b", created=CREATED),
     }
     registry = FakeRegistry({BASE: info("sha256:b"), TARGET: found})
-    assert db.needs_rebuild(target(MULTI), registry, context) == "the reason"
+    assert needs_rebuild(target(MULTI), registry, context) == "the reason"
 
 
 def test_needs_rebuild_real_context_outside_git(tmp_path, environ):
@@ -1904,11 +1907,11 @@ def test_needs_rebuild_real_context_outside_git(tmp_path, environ):
     set_tree_mtime(directory, CREATED.timestamp() - 10)
     # a ContextChanges asks once per image: a new one sees the new mtime
     contexts = db.ContextChanges(environ)
-    assert db.needs_rebuild(target(image, "user"), registry, contexts) is None
+    assert needs_rebuild(target(image, "user"), registry, contexts) is None
     contexts.close()
     set_tree_mtime(directory, CREATED.timestamp() + 10)
     contexts = db.ContextChanges(environ)
-    assert db.needs_rebuild(target(image, "user"), registry, contexts) == (
+    assert needs_rebuild(target(image, "user"), registry, contexts) == (
         "Files in docker context more recent than image"
     )
     contexts.close()
@@ -2504,7 +2507,7 @@ def test_positive_float(text, expected):
 def test_positive_float_rejects(text):
     with pytest.raises(argparse.ArgumentTypeError) as info:
         db.positive_float(text)
-    assert str(info.value) == f"not a positive number: '{text}'"
+    assert str(info.value) == f"not a number of seconds up to a day: '{text}'"
 
 
 @pytest.mark.parametrize("text", ["inf", "1e400"])
@@ -2519,7 +2522,8 @@ def test_main_timeout_must_be_positive(capsys, value):
         db.main(["--timeout", value])
     assert info.value.code == 2
     assert capsys.readouterr().err.endswith(
-        f"docker_build: error: argument --timeout: not a positive number: '{value}'\n"
+        "docker_build: error: argument --timeout: "
+        f"not a number of seconds up to a day: '{value}'\n"
     )
 
 
