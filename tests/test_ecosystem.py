@@ -912,7 +912,6 @@ def sample_plan():
                 app_targets,
                 db.REASON_DEPENDENCY,
                 frozenset({0}),
-                base_rebuilt=True,
                 rebuilt_bases=(
                     "reg.example/a/base:latest",
                     "reg.example/b/base:latest",

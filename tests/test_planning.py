@@ -181,7 +181,8 @@ def test_dependency_graph_empty():
     ],
 )
 def test_base_key(base, expected):
-    assert db.base_key(base) == expected
+    image = db.Image("i", "i:latest", "d", base, (), ("linux/amd64",))
+    assert db.Target(image, None, "ghcr.io/o/i:latest", base).base_key == expected
 
 
 # ----------------------------------------------------------------------------
@@ -280,7 +281,6 @@ def test_plan_rebuilds_propagates_without_lookups(context):
         db.image_targets(images[0], GHCR),
         "Base image will be rebuilt: ghcr.io/o/base:latest",
         frozenset({1}),
-        base_rebuilt=True,
         rebuilt_bases=("ghcr.io/o/base:latest",),
     )
     # app's missing base is never looked up: it will be built first
@@ -434,7 +434,7 @@ def test_plan_rebuilds_names_the_matching_repository_base(context):
     plan = db.plan_rebuilds(images, REPOS, False, [], registry, context)
     base, app = plan.decisions
     assert (base.image.name, base.reason) == ("ghcr.io/o/base", MISSING)
-    assert (app.image.name, app.base_rebuilt, app.bases) == ("app", True, {1})
+    assert (app.image.name, bool(app.rebuilt_bases), app.bases) == ("app", True, {1})
     assert app.reason_for(app.targets[1]) == (
         "Base image will be rebuilt: ghcr.io/o/base:latest"
     )

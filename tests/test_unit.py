@@ -2095,12 +2095,23 @@ def test_plan_rebuilds_full_name(context):
     )
 
 
+BASES_REBUILT = frozenset(db.parse_reference(name).key for name in (HUB_BASE, BASE))
+
+
 def test_decide_base_to_be_rebuilt_without_lookups(context):
     registry = FakeRegistry({})
     targets = db.image_targets(IMG, REPOS)
     for explain in (False, True):
         decision = db.decide(
-            IMG, 3, targets, frozenset({1}), True, False, registry, context, explain
+            IMG,
+            3,
+            targets,
+            frozenset({1}),
+            BASES_REBUILT,
+            False,
+            registry,
+            context,
+            explain,
         )
         # the reason of the image names its first target's base
         assert decision == db.Decision(
@@ -2109,7 +2120,6 @@ def test_decide_base_to_be_rebuilt_without_lookups(context):
             targets,
             "Base image will be rebuilt: " + HUB_BASE,
             frozenset({1}),
-            base_rebuilt=True,
             rebuilt_bases=(HUB_BASE, BASE),
         )
         # each target names its own base
@@ -2119,7 +2129,7 @@ def test_decide_base_to_be_rebuilt_without_lookups(context):
         ]
     # forcing wins over the base
     decision = db.decide(
-        IMG, 3, targets, frozenset({1}), True, True, registry, context, True
+        IMG, 3, targets, frozenset({1}), BASES_REBUILT, True, registry, context, True
     )
     assert decision == db.Decision(
         IMG, 3, targets, "Rebuild triggered by command line", frozenset({1})
@@ -2138,7 +2148,8 @@ def test_decision_reason_for():
     assert [checked.reason_for(t) for t in targets] == ["why", "why"]
     up_to_date = db.Decision(IMG, 0, targets, None, frozenset())
     assert [up_to_date.reason_for(t) for t in targets] == [None, None]
-    rebuilt = db.Decision(IMG, 0, targets, "why", frozenset({1}), base_rebuilt=True)
+    bases = tuple(t.base_name for t in targets)
+    rebuilt = db.Decision(IMG, 0, targets, "why", frozenset({1}), rebuilt_bases=bases)
     assert [rebuilt.reason_for(t) for t in targets] == [
         "Base image will be rebuilt: docker.io/user/base:latest",
         "Base image will be rebuilt: ghcr.io/o/base:latest",
@@ -2152,7 +2163,7 @@ def test_decide_stops_at_the_deciding_target(context, explain):
     registry = FakeRegistry({HUB_BASE: info("sha256:b"), HUB_TARGET: None})
     targets = db.image_targets(IMG, REPOS)
     decision = db.decide(
-        IMG, 0, targets, frozenset(), False, False, registry, context, explain
+        IMG, 0, targets, frozenset(), frozenset(), False, registry, context, explain
     )
     assert decision == db.Decision(
         IMG,
@@ -2176,7 +2187,7 @@ def test_decide_base_changed_in_first_repository(context, explain):
     )
     targets = db.image_targets(IMG, REPOS)
     decision = db.decide(
-        IMG, 0, targets, frozenset(), False, False, registry, context, explain
+        IMG, 0, targets, frozenset(), frozenset(), False, registry, context, explain
     )
     evidence = (
         db.Evidence(CREATED.timestamp(), False, CREATED.timestamp() - 1, "mtime")
@@ -2208,7 +2219,7 @@ def test_decide_explain_every_checked_target(context):
     )
     targets = db.image_targets(IMG, REPOS)
     decision = db.decide(
-        IMG, 0, targets, frozenset(), False, False, registry, context, True
+        IMG, 0, targets, frozenset(), frozenset(), False, registry, context, True
     )
     assert decision == db.Decision(
         IMG,
