@@ -118,6 +118,19 @@ def start_registry(
     raise RuntimeError("docker-registry did not start: " + str(directory))
 
 
+def serve_tls(
+    handler: type[http.server.BaseHTTPRequestHandler], tls: Tls
+) -> http.server.ThreadingHTTPServer:
+    """An HTTPS server on a free port of 127.0.0.1, serving in a thread."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 # ----------------------------------------------------------------------------
 # The fault proxy
 # ----------------------------------------------------------------------------
@@ -177,14 +190,8 @@ class FaultProxy:
             do_POST = do_GET
             do_PATCH = do_GET
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server = serve_tls(Handler, tls)
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     def add(self, path: str, action: str, **kwargs) -> Fault:
         fault = Fault(path, action, **kwargs)
@@ -336,13 +343,8 @@ class TokenServer:
             def do_POST(self) -> None:
                 server.refresh(self)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server = serve_tls(Handler, tls)
         self.realm = f"https://127.0.0.1:{self.server.server_address[1]}/token"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def registry_auth(self) -> dict:
         """The `auth` section of the registry's configuration."""
@@ -360,40 +362,31 @@ class TokenServer:
         self.server.server_close()
 
     def answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        """A token for Basic credentials (or anyone, without `login`)."""
         query = urllib.parse.parse_qs(urllib.parse.urlparse(handler.path).query)
         user = self.user(handler.headers.get("Authorization", ""))
         if self.login and user != self.login[0]:
-            self.refused += 1
-            body = b'{"errors": [{"code": "UNAUTHORIZED"}]}'
-            handler.send_response(401)
-        else:
-            scopes = query.get("scope", [])
-            self.issued.extend(scopes)
-            token = self.token(user or "", scopes)
-            body = json.dumps({"token": token, "access_token": token}).encode()
-            handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+            self.refuse(handler)
+            return
+        scopes = query.get("scope", [])
+        self.issued.extend(scopes)
+        token = self.token(user or "", scopes)
+        send_json(handler, 200, {"token": token, "access_token": token})
 
     def refresh(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         """The OAuth2 refresh-token grant, for identity tokens."""
         length = int(handler.headers.get("Content-Length") or 0)
         form = urllib.parse.parse_qs(handler.rfile.read(length).decode())
         if form.get("refresh_token") != [self.identity_token]:
-            self.refused += 1
-            body = b'{"errors": [{"code": "UNAUTHORIZED"}]}'
-            handler.send_response(401)
-        else:
-            self.issued.extend(form.get("scope", []))
-            token = self.token(USER_OF_TOKENS, form.get("scope", []))
-            body = json.dumps({"access_token": token}).encode()
-            handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+            self.refuse(handler)
+            return
+        self.issued.extend(form.get("scope", []))
+        token = self.token(USER_OF_TOKENS, form.get("scope", []))
+        send_json(handler, 200, {"access_token": token})
+
+    def refuse(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        self.refused += 1
+        send_json(handler, 401, {"errors": [{"code": "UNAUTHORIZED"}]})
 
     def user(self, authorization: str) -> str | None:
         """The user of valid Basic credentials, else None."""
@@ -432,3 +425,12 @@ class TokenServer:
         r, s = utils.decode_dss_signature(der)
         signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
         return signing_input + "." + b64url(signature)
+
+
+def send_json(handler: http.server.BaseHTTPRequestHandler, status: int, data) -> None:
+    body = json.dumps(data).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -262,14 +262,8 @@ def test_credentials_cached_per_registry(helpers):
     assert helpers.calls == [("store", "a.example"), ("store", "b.example")]
 
 
-def test_credentials_once_per_registry_from_threads(monkeypatch):
-    fake = FakeHelpers(
-        {("store", "a.example"): ("a-user", "a-pw"), ("store", "b.example"): None},
-        delay=0.05,
-    )
-    monkeypatch.setattr(db, "credential_helper", fake)
-    credentials = db.Credentials({}, {"credsStore": "store"}, {})
-    registries = ["a.example", "b.example"] * 8
+def ask_together(credentials, registries):
+    """Ask for every registry from its own thread, all at once."""
     barrier = threading.Barrier(len(registries))
 
     def ask(registry):
@@ -277,7 +271,17 @@ def test_credentials_once_per_registry_from_threads(monkeypatch):
         return credentials.get(registry)
 
     with concurrent.futures.ThreadPoolExecutor(len(registries)) as pool:
-        answers = list(pool.map(ask, registries))
+        return list(pool.map(ask, registries))
+
+
+def test_credentials_once_per_registry_from_threads(monkeypatch):
+    fake = FakeHelpers(
+        {("store", "a.example"): ("a-user", "a-pw"), ("store", "b.example"): None},
+        delay=0.05,
+    )
+    monkeypatch.setattr(db, "credential_helper", fake)
+    credentials = db.Credentials({}, {"credsStore": "store"}, {})
+    answers = ask_together(credentials, ["a.example", "b.example"] * 8)
     assert answers == [("a-user", "a-pw"), (None, None)] * 8
     assert sorted(fake.calls) == [("store", "a.example"), ("store", "b.example")]
 
@@ -412,14 +416,7 @@ def test_credentials_with_real_helper_once_per_registry(helper_env, capsys):
     config = {"credsStore": "test"}
     credentials = db.Credentials({}, config, helper_env)
     registries = ["reg.example", "registry-1.docker.io", "unknown.example"] * 4
-    barrier = threading.Barrier(len(registries))
-
-    def ask(registry):
-        barrier.wait()
-        return credentials.get(registry)
-
-    with concurrent.futures.ThreadPoolExecutor(len(registries)) as pool:
-        answers = list(pool.map(ask, registries))
+    answers = ask_together(credentials, registries)
     expected = [("helper-user", "helper-pw"), ("hub-user", "hub-pw"), (None, None)]
     assert answers == expected * 4
     assert sorted(helper_log(helper_env)) == sorted(

@@ -108,11 +108,8 @@ def test_helper_without_the_registry_means_anonymous(world: World) -> None:
     assert asked(world) == [world.registry.host]
 
 
-@pytest.mark.parametrize(
-    ("broken", "problem"),
-    [("exit", "(exit 3)"), ("garbage", "gave no credentials"), ("missing", "")],
-)
-def test_broken_helper_is_a_warning(world: World, broken: str, problem: str) -> None:
+@pytest.mark.parametrize("broken", ["exit", "garbage", "missing"])
+def test_broken_helper_is_a_warning(world: World, broken: str) -> None:
     world.up_to_date()
     docker_config(world, {"credsStore": "missing" if broken == "missing" else "test"})
     world.env["TEST_HELPER_BROKEN"] = broken
@@ -131,7 +128,6 @@ def test_broken_helper_is_a_warning(world: World, broken: str, problem: str) -> 
     assert result.stderr == (
         f"docker_build: warning: {expected}; using anonymous access\n"
     )
-    assert problem in expected
 
 
 def test_identity_token(token_world: World) -> None:

@@ -13,21 +13,6 @@ from servers import free_port
 BASE_LAYERS = ["sha256:" + "1" * 64, "sha256:" + "2" * 64]
 
 
-def setup_app(world: World, name: str = "app", directory: str = "app") -> str:
-    """A base image, an up-to-date image built on it, all committed.
-
-    Returns the base's reference."""
-    base = world.ref("base:1")
-    world.registry.push(base, T_COMMIT - 86400, BASE_LAYERS)
-    world.dockerfile(directory, base)
-    world.config(f"{name}\t{directory}")
-    world.commit()
-    world.registry.push(
-        world.ref(f"{name}:latest"), T_IMAGE, [*BASE_LAYERS, new_layer(name)]
-    )
-    return base
-
-
 def rebuilt(world: World, name: str, reason: str) -> str:
     """The output for one rebuilt target."""
     tag = name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
@@ -48,7 +33,7 @@ def assert_ok(result, stdout: str) -> None:
 
 
 def test_nothing_to_do(world: World) -> None:
-    setup_app(world)
+    world.up_to_date(base_layers=BASE_LAYERS)
     assert_ok(world.run(), "")
     assert world.calls() == []
 
@@ -67,14 +52,14 @@ def test_image_missing(world: World) -> None:
 
 
 def test_base_image_changed(world: World) -> None:
-    base = setup_app(world)
+    base = world.up_to_date(base_layers=BASE_LAYERS)
     world.registry.push(base, T_LATER, [*BASE_LAYERS, new_layer("base")])
     assert_ok(world.run(), rebuilt(world, world.ref("app"), "Base image has changed"))
     assert world.built() == [world.ref("app:latest")]
 
 
 def test_newer_commit(world: World) -> None:
-    setup_app(world)
+    world.up_to_date(base_layers=BASE_LAYERS)
     world.write("app/extra.txt", "more\n")
     world.commit(when=T_LATER)
     reason = "Git change more recent than image"
@@ -82,21 +67,21 @@ def test_newer_commit(world: World) -> None:
 
 
 def test_commit_elsewhere_is_ignored(world: World) -> None:
-    setup_app(world)
+    world.up_to_date(base_layers=BASE_LAYERS)
     world.write("other/file.txt", "x\n")
     world.commit(when=T_LATER)
     assert_ok(world.run(), "")
 
 
 def test_dirty_tree(world: World) -> None:
-    setup_app(world)
+    world.up_to_date(base_layers=BASE_LAYERS)
     world.write("app/new.txt", "uncommitted\n", mtime=T_LATER)
     reason = "Files in docker context more recent than image"
     assert_ok(world.run(), rebuilt(world, world.ref("app"), reason))
 
 
 def test_dirty_tree_older_than_image(world: World) -> None:
-    setup_app(world)
+    world.up_to_date(base_layers=BASE_LAYERS)
     world.write("app/new.txt", "uncommitted\n", mtime=T_COMMIT)
     for path in ("app/Dockerfile", "app"):
         os.utime(world.root / path, (T_COMMIT, T_COMMIT))
@@ -240,7 +225,7 @@ def test_options_order(world: World) -> None:
 
 def test_two_repositories(world: World) -> None:
     second = world.namespace + "-mirror"
-    base = setup_app(world)
+    base = world.up_to_date(base_layers=BASE_LAYERS)
     world.registry.push(f"{second}/app:latest", T_IMAGE, [*BASE_LAYERS, new_layer("m")])
     env = {"DOCKER_REPOSITORY": f"{world.namespace} {second}"}
     assert_ok(world.run(env=env), "")
@@ -255,7 +240,7 @@ def test_two_repositories(world: World) -> None:
 
 def test_second_repository_decides(world: World) -> None:
     second = world.namespace + "-mirror"
-    setup_app(world)
+    world.up_to_date(base_layers=BASE_LAYERS)
     env = {"DOCKER_REPOSITORY": f"{world.namespace} {second}"}
     reason = "Image missing in repository"
     expected = announced(world.ref("app"), reason) + announced(f"{second}/app", reason)
@@ -363,7 +348,7 @@ def test_repository_not_defined(world: World) -> None:
 
 def test_basic_auth_login(auth_world: World) -> None:
     world = auth_world
-    setup_app(world)
+    world.up_to_date(base_layers=BASE_LAYERS)
     login = {"DOCKER_LOGIN_TEST": f"{world.registry.host} builder {PASSWORD}"}
     assert_ok(world.run(env=login), "")
     world.write("app/extra", "x\n")
@@ -381,7 +366,7 @@ def test_basic_auth_login(auth_world: World) -> None:
 def test_without_login_everything_is_missing(auth_world: World) -> None:
     """The reference reads a 401 as "not there": the base is missing."""
     world = auth_world
-    setup_app(world)
+    world.up_to_date(base_layers=BASE_LAYERS)
     result = world.run()
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == f"Missing base image: {world.ref('base:1')}\n"
