@@ -8,7 +8,6 @@ import sys
 
 from conftest import PASSWORD, T_COMMIT, T_IMAGE, T_LATER, World
 from imagetools import new_layer
-from servers import free_port
 
 BASE_LAYERS = ["sha256:" + "1" * 64, "sha256:" + "2" * 64]
 
@@ -394,19 +393,6 @@ def test_build_failure_exit_code(world: World) -> None:
         f"double: failed {world.ref('one:latest')}\n"
     )
     assert world.built() == [world.ref("one:latest")]
-
-
-def test_registry_unreachable(world: World) -> None:
-    world.dockerfile("app", "scratch")
-    world.config("app\tapp")
-    world.commit()
-    unreachable = f"127.0.0.1:{free_port()}/ns"
-    result = world.run(env={"DOCKER_REPOSITORY": unreachable})
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr.startswith(f"{unreachable}/app:latest: ")
-    assert result.stderr.count("\n") == 1
-    assert "Traceback" not in result.stderr
-    assert world.calls() == []
 
 
 def test_docker_missing(world: World) -> None:

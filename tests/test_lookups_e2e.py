@@ -47,6 +47,18 @@ def test_cold_then_warm_run(faulty_world: tuple[World, FaultProxy]) -> None:
     ]
 
 
+def test_connections_at_most_the_pool(faulty_world: tuple[World, FaultProxy]) -> None:
+    """Kept-alive connections: never more than --jobs to a registry."""
+    world, proxy = faulty_world
+    world.up_to_date("a", "b", "c", "d", "e", "f")
+    before = proxy.connections
+    ok(world.run("--jobs", "2", "--no-cache"))
+    assert 1 <= proxy.connections - before <= 2
+    before = proxy.connections
+    ok(world.run("--jobs", "1", "--no-cache"))
+    assert proxy.connections - before == 1
+
+
 def test_changed_tag_is_fetched_again(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
     world.up_to_date()
