@@ -1,5 +1,6 @@
 """Shared fixtures: the real registry (TLS, optionally htpasswd), the git
-world the tool runs in, and the docker test double."""
+world the tool runs in, and the docker test double; and what the
+end-to-end tests expect of a run (success, failure, rebuild headers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +43,16 @@ T_LATER = 1772323200  # 2026-03-01T00:00:00Z
 USER = "builder"
 PASSWORD = "Canary-pw-7f3a9c"  # must never show up anywhere
 
+# The layer of base:1 in World.up_to_date, and in many tests' bases.
+BASE_LAYER = "sha256:" + "1" * 64
+
+# The reasons docker_build gives for a rebuild.
+REASON_FORCED = "Rebuild triggered by command line"
+REASON_MISSING = "Image missing in repository"
+REASON_BASE = "Base image has changed"
+REASON_GIT = "Git change more recent than image"
+REASON_FILES = "Files in docker context more recent than image"
+
 
 @functools.cache
 def load_tool() -> ModuleType:
@@ -53,6 +65,37 @@ def load_tool() -> ModuleType:
     sys.modules["docker_build"] = module
     loader.exec_module(module)
     return module
+
+
+def utc(when: float) -> str:
+    """A time as docker_build shows it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+# ----------------------------------------------------------------------------
+# What a run prints
+# ----------------------------------------------------------------------------
+
+
+def succeeded(result, stdout: str = "") -> None:
+    """The run succeeded, printed `stdout` and nothing on stderr."""
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", stdout)
+
+
+def failed(result, stderr: str) -> None:
+    """The run failed with status 1, printed `stderr` and nothing on stdout."""
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", stderr)
+
+
+def announced(name: str, reason: str) -> str:
+    """The header of an image that is (or, in a dry run, would be) rebuilt."""
+    return f"*** {name}\nReason: {reason}\n\n"
+
+
+def rebuilt(name: str, reason: str) -> str:
+    """The output for an image rebuilt and pushed by the docker double."""
+    tag = name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+    return announced(name, reason) + f"double: pushed {tag}\n\n"
 
 
 # ----------------------------------------------------------------------------
@@ -165,6 +208,10 @@ class World:
         """Full name of an image in this world's namespace."""
         return f"{self.namespace}/{name}"
 
+    def path(self, name: str) -> str:
+        """An image's repository on the registry: its name without the host."""
+        return self.namespace.split("/", 1)[1] + "/" + name
+
     def git(self, *args: str, when: float = T_COMMIT) -> str:
         stamp = f"@{int(when)} +0000"
         env = {
@@ -204,7 +251,7 @@ class World:
         """Images (`app` by default) built on base:1, all up to date and
         committed; returns the base's reference."""
         base = self.ref("base:1")
-        layers = ["sha256:" + "1" * 64] if base_layers is None else base_layers
+        layers = [BASE_LAYER] if base_layers is None else base_layers
         self.registry.push(base, T_COMMIT, layers)
         for name in names or ("app",):
             self.dockerfile(name, base)
@@ -259,18 +306,55 @@ def make_world(
     return world
 
 
-# Every end-to-end scenario runs twice: one look-up at a time, and with the
-# default concurrency; the expected output is the same.
-SEQUENTIAL_AND_DEFAULT = {"params": [("--jobs=1",), ()], "ids": ["jobs1", "default"]}
+# Every end-to-end scenario runs once, with the default concurrency. The
+# rule for the --jobs=1 variant: a test runs a second time with one look-up
+# at a time (mark it `also_sequential`; the expected outcome is the same)
+# only where concurrent look-ups could change what it observes:
+# - several look-ups fail: which error is reported, and that it is one line;
+# - look-ups share something it counts: requests, connections, tokens,
+#   authentication challenges, questions to a credential helper, warnings;
+# - faults that several look-ups meet, so that their retries overlap;
+# - output that several look-ups decide together: its order;
+# - the progress line, which counts finished look-ups.
+WORLDS = (
+    "world",
+    "plain_world",
+    "auth_world",
+    "token_world",
+    "faulty_world",
+    "http_world",
+)
 
 
-@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "also_sequential: run the test's world with --jobs=1 too "
+        "(where concurrent look-ups could change what the test sees)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("also_sequential") is None:
+        return
+    used = [name for name in WORLDS if name in metafunc.fixturenames]
+    if len(used) != 1:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: also_sequential needs one world"
+        )
+    (name,) = used
+    metafunc.parametrize(
+        name, [("--jobs=1",), ()], ids=["jobs1", "default"], indirect=True
+    )
+
+
+@pytest.fixture
 def world(tmp_path: Path, registry: Registry, request) -> World:
     """A git repository with its own namespace on the open registry."""
     return make_world(tmp_path, registry, request, use_git=True)
 
 
-@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+@pytest.fixture
 def plain_world(tmp_path: Path, registry: Registry, request) -> World:
     """A project directory outside any git repository."""
     return make_world(tmp_path, registry, request, use_git=False)
@@ -286,19 +370,19 @@ def world_with_login(tmp_path: Path, registry: Registry, request) -> World:
     return world
 
 
-@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+@pytest.fixture
 def auth_world(tmp_path: Path, auth_registry: Registry, request) -> World:
     """A git world on the basic-auth registry."""
     return world_with_login(tmp_path, auth_registry, request)
 
 
-@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+@pytest.fixture
 def token_world(tmp_path: Path, token_registry: Registry, request) -> World:
     """A git world on the Bearer-token registry."""
     return world_with_login(tmp_path, token_registry, request)
 
 
-@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+@pytest.fixture
 def faulty_world(
     tmp_path: Path, registry: Registry, tls: Tls, request
 ) -> Iterator[tuple[World, FaultProxy]]:
@@ -317,7 +401,7 @@ def http_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
     server.stop()
 
 
-@pytest.fixture(**SEQUENTIAL_AND_DEFAULT)
+@pytest.fixture
 def http_world(
     tmp_path: Path, http_registry: Registry, request, monkeypatch
 ) -> Iterator:

@@ -4,23 +4,23 @@ as registries really serve them. Run against the real registry."""
 
 from __future__ import annotations
 
-from conftest import T_COMMIT, T_IMAGE, T_LATER, World
+from conftest import (
+    BASE_LAYER,
+    REASON_BASE,
+    REASON_MISSING,
+    T_COMMIT,
+    T_IMAGE,
+    T_LATER,
+    World,
+    announced,
+    failed,
+    rebuilt,
+    succeeded,
+)
 from imagetools import new_layer
 
-AMD = ["sha256:" + "1" * 64, "sha256:" + "2" * 64]
+AMD = [BASE_LAYER, "sha256:" + "2" * 64]
 ARM = ["sha256:" + "3" * 64, "sha256:" + "4" * 64]
-
-
-def ok(result, stdout: str) -> None:
-    assert (result.returncode, result.stderr, result.stdout) == (0, "", stdout)
-
-
-def fails(result, stderr: str) -> None:
-    assert (result.returncode, result.stdout, result.stderr) == (1, "", stderr)
-
-
-def announced(name: str, reason: str) -> str:
-    return f"*** {name}\nReason: {reason}\n\n"
 
 
 def multi_base(world: World) -> str:
@@ -42,11 +42,11 @@ def test_arm64_only_image_is_checked_for_arm64(world: World) -> None:
     world.registry.push(
         world.ref("snmp"), T_IMAGE, {"linux/arm64": [*ARM, new_layer("s")]}, index=True
     )
-    ok(world.run(), "")
+    succeeded(world.run())
     world.registry.push(
         base, T_LATER, {"linux/amd64": AMD, "linux/arm64": [new_layer("n")]}
     )
-    ok(world.run("-n"), announced(world.ref("snmp"), "Base image has changed"))
+    succeeded(world.run("-n"), announced(world.ref("snmp"), REASON_BASE))
 
 
 def test_global_and_image_platforms_add_up(world: World) -> None:
@@ -56,18 +56,14 @@ def test_global_and_image_platforms_add_up(world: World) -> None:
     world.config("--platform=linux/amd64", "snmp\tsnmp\t\t--platform=linux/arm64")
     world.commit()
     world.registry.push(world.ref("snmp"), T_IMAGE, [*AMD, new_layer("s")])
-    reason = "Image missing in repository for linux/arm64"
-    ok(
-        world.run(),
-        announced(world.ref("snmp"), reason)
-        + f"double: pushed {world.ref('snmp:latest')}\n\n",
-    )
+    reason = f"{REASON_MISSING} for linux/arm64"
+    succeeded(world.run(), rebuilt(world.ref("snmp"), reason))
     (call,) = world.calls()
     assert call["argv"][2:4] == ["--platform=linux/amd64", "--platform=linux/arm64"]
     amd = world.registry.config(world.ref("snmp"), "linux/amd64")
     arm = world.registry.config(world.ref("snmp"), "linux/arm64")
     assert (amd["rootfs"]["diff_ids"][:2], arm["rootfs"]["diff_ids"][:2]) == (AMD, ARM)
-    ok(world.run(), "")
+    succeeded(world.run())
 
 
 def test_change_in_one_platform_rebuilds(world: World) -> None:
@@ -80,11 +76,11 @@ def test_change_in_one_platform_rebuilds(world: World) -> None:
         T_IMAGE,
         {"linux/amd64": [*AMD, new_layer("a")], "linux/arm64": [*ARM, new_layer("b")]},
     )
-    ok(world.run(), "")
+    succeeded(world.run())
     world.registry.push(
         base, T_LATER, {"linux/amd64": AMD, "linux/arm64": [new_layer("n")]}
     )
-    ok(world.run("-n"), announced(world.ref("app"), "Base image has changed"))
+    succeeded(world.run("-n"), announced(world.ref("app"), REASON_BASE))
 
 
 def test_base_without_the_platform(world: World) -> None:
@@ -93,7 +89,7 @@ def test_base_without_the_platform(world: World) -> None:
     world.dockerfile("app", base)
     world.config("app\tapp\t\t--platform=linux/arm64")
     world.commit()
-    fails(world.run(), f"Missing base image: {base} for linux/arm64\n")
+    failed(world.run(), f"Missing base image: {base} for linux/arm64\n")
     assert world.calls() == []
 
 
@@ -104,11 +100,11 @@ def test_oci_without_media_types_attestations_and_bare_entries(world: World) -> 
     world.config("app\tapp")
     world.commit()
     world.registry.push(world.ref("app"), T_IMAGE, [*AMD, new_layer("a")], oci=True)
-    ok(world.run(), "")
+    succeeded(world.run())
     world.registry.push(
         world.ref("app"), T_IMAGE, [new_layer("other")], oci=True, odd_entries=True
     )
-    ok(world.run("-n"), announced(world.ref("app"), "Base image has changed"))
+    succeeded(world.run("-n"), announced(world.ref("app"), REASON_BASE))
 
 
 def test_plain_manifest_of_another_platform_is_missing(world: World) -> None:
@@ -119,8 +115,8 @@ def test_plain_manifest_of_another_platform_is_missing(world: World) -> None:
     world.registry.push(
         world.ref("app"), T_IMAGE, [*ARM, new_layer("a")], platforms=["linux/arm64"]
     )
-    reason = "Image missing in repository for linux/amd64"
-    ok(world.run("-n"), announced(world.ref("app"), reason))
+    reason = f"{REASON_MISSING} for linux/amd64"
+    succeeded(world.run("-n"), announced(world.ref("app"), reason))
 
 
 # ----------------------------------------------------------------------------
@@ -144,9 +140,9 @@ def test_final_stage_base(world: World) -> None:
     world.config("app\tapp")
     world.commit()
     world.registry.push(world.ref("app"), T_IMAGE, [*AMD, new_layer("a")])
-    ok(world.run(), "")
+    succeeded(world.run())
     world.registry.push(base, T_LATER, [new_layer("new")])
-    ok(world.run("-n"), announced(world.ref("app"), "Base image has changed"))
+    succeeded(world.run("-n"), announced(world.ref("app"), REASON_BASE))
 
 
 def test_target_stage_and_build_arg(world: World) -> None:
@@ -155,21 +151,19 @@ def test_target_stage_and_build_arg(world: World) -> None:
     world.write(
         "app/Dockerfile",
         f"ARG REGISTRY={world.registry.host}\nARG TAG=1\n"
-        "FROM ${REGISTRY}/"
-        + world.namespace.split("/", 1)[1]
-        + "/base:${TAG} AS base\n"
+        "FROM ${REGISTRY}/" + world.path("base:${TAG}") + " AS base\n"
         "FROM scratch AS other\n",
     )
     world.config("app\tapp\t\t--target base --build-arg TAG=2")
     world.commit()
     world.registry.push(world.ref("app"), T_IMAGE, [new_layer("a")])
-    ok(world.run("-n"), announced(world.ref("app"), "Base image has changed"))
+    succeeded(world.run("-n"), announced(world.ref("app"), REASON_BASE))
 
 
 def test_undefined_variable_in_from(world: World) -> None:
     world.write("app/Dockerfile", "ARG BASE\nFROM $BASE\n")
     world.config("# images", "app\tapp")
-    fails(
+    failed(
         world.run(),
         "docker_images line 2: app/Dockerfile line 2: "
         "FROM uses undefined variable BASE\n",
@@ -184,7 +178,7 @@ def test_renamed_dockerfile(world: World) -> None:
     world.config("app\tapp\t\t-f app/Dockerfile.prod")
     world.commit()
     world.registry.push(world.ref("app"), T_IMAGE, [new_layer("a")])
-    ok(world.run("-n"), announced(world.ref("app"), "Base image has changed"))
+    succeeded(world.run("-n"), announced(world.ref("app"), REASON_BASE))
 
 
 # ----------------------------------------------------------------------------
@@ -195,7 +189,7 @@ def test_renamed_dockerfile(world: World) -> None:
 def test_invalid_repository_name(world: World) -> None:
     world.dockerfile("app", "scratch")
     world.config("App\tapp")
-    fails(world.run(), "docker_images line 1: invalid image name 'App'\n")
+    failed(world.run(), "docker_images line 1: invalid image name 'App'\n")
 
 
 def test_uppercase_first_component_is_a_registry(world: World) -> None:

@@ -16,7 +16,17 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import PASSWORD, ROOT, T_LATER, TOOL, USER, World
+from conftest import (
+    PASSWORD,
+    REASON_GIT,
+    ROOT,
+    T_LATER,
+    TOOL,
+    USER,
+    World,
+    announced,
+    succeeded,
+)
 
 HELPER = Path(__file__).resolve().parent / "docker-credential-test"
 
@@ -47,10 +57,6 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def up_to_date_output(result) -> None:
-    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
-
-
 # ----------------------------------------------------------------------------
 # Credentials
 # ----------------------------------------------------------------------------
@@ -64,15 +70,16 @@ def test_auths_entry(auth_world: World, key: str) -> None:
     docker_config(
         world, {"auths": {key.format(host=host): {"auth": b64(f"{USER}:{PASSWORD}")}}}
     )
-    up_to_date_output(world.run())
+    succeeded(world.run())
 
 
+@pytest.mark.also_sequential
 def test_login_variable_comes_first(auth_world: World) -> None:
     world = auth_world
     world.up_to_date()
     host = world.registry.host
     docker_config(world, {"auths": {host: {"auth": b64(f"{USER}:wrong")}}})
-    up_to_date_output(world.run(env={"DOCKER_LOGIN": f"{host} {USER} {PASSWORD}"}))
+    succeeded(world.run(env={"DOCKER_LOGIN": f"{host} {USER} {PASSWORD}"}))
     result = world.run()
     assert result.stderr == (
         f"{host}: login failed: the registry rejected the credentials of {USER}\n"
@@ -80,6 +87,7 @@ def test_login_variable_comes_first(auth_world: World) -> None:
 
 
 @pytest.mark.parametrize("setting", ["credHelpers", "credsStore"])
+@pytest.mark.also_sequential
 def test_credential_helper(auth_world: World, setting: str) -> None:
     world = auth_world
     world.up_to_date()
@@ -90,7 +98,7 @@ def test_credential_helper(auth_world: World, setting: str) -> None:
     docker_config(world, config)
     helper_knows(world, {host: [USER, PASSWORD]})
     result = world.run()
-    up_to_date_output(result)
+    succeeded(result)
     assert asked(world) == [host]
     world.write("app/new", "x\n")
     world.commit(when=T_LATER)
@@ -100,15 +108,17 @@ def test_credential_helper(auth_world: World, setting: str) -> None:
     assert PASSWORD not in json.dumps(call) + result.stdout + result.stderr
 
 
+@pytest.mark.also_sequential
 def test_helper_without_the_registry_means_anonymous(world: World) -> None:
     world.up_to_date()
     docker_config(world, {"credsStore": "test"})
     helper_knows(world, {})
-    up_to_date_output(world.run())
+    succeeded(world.run())
     assert asked(world) == [world.registry.host]
 
 
 @pytest.mark.parametrize("broken", ["exit", "garbage", "missing"])
+@pytest.mark.also_sequential
 def test_broken_helper_is_a_warning(world: World, broken: str) -> None:
     world.up_to_date()
     docker_config(world, {"credsStore": "missing" if broken == "missing" else "test"})
@@ -130,6 +140,7 @@ def test_broken_helper_is_a_warning(world: World, broken: str) -> None:
     )
 
 
+@pytest.mark.also_sequential
 def test_identity_token(token_world: World) -> None:
     world = token_world
     world.up_to_date()
@@ -138,7 +149,7 @@ def test_identity_token(token_world: World) -> None:
         world,
         {"auths": {world.registry.host: {"identitytoken": tokens.identity_token}}},
     )
-    up_to_date_output(world.run())
+    succeeded(world.run())
     docker_config_path = Path(world.env["DOCKER_CONFIG"]) / "config.json"
     docker_config_path.write_text(
         json.dumps({"auths": {world.registry.host: {"identitytoken": "stale"}}})
@@ -159,7 +170,7 @@ def test_identity_token(token_world: World) -> None:
 def test_loopback_registry_without_tls(http_world, name: str) -> None:
     world = http_world(name)
     world.up_to_date()
-    up_to_date_output(world.run())
+    succeeded(world.run())
     world.write("app/new", "x\n")
     world.commit(when=T_LATER)
     result = world.run()
@@ -183,7 +194,7 @@ def test_insecure_registry_by_name(http_world) -> None:
     assert result.stderr.count("\n") == 1
     port = world.namespace.split("/")[0].rpartition(":")[2]
     env = {"DOCKER_INSECURE_REGISTRIES": f"other {name}:{port}"}
-    up_to_date_output(world.run(env=env))
+    succeeded(world.run(env=env))
 
 
 # ----------------------------------------------------------------------------
@@ -199,6 +210,7 @@ def plan_schema() -> dict:
     return json.loads(match.group(1))
 
 
+@pytest.mark.also_sequential
 def test_json_dry_run(world: World) -> None:
     base = world.up_to_date("app", "tool")
     world.write("tool/new", "x\n")
@@ -230,13 +242,11 @@ def test_json_dry_run(world: World) -> None:
                 "full_name": world.ref("tool:latest"),
                 "directory": "tool",
                 "decision": "rebuild",
-                "reason": "Git change more recent than image",
+                "reason": REASON_GIT,
             },
         ],
     }
-    assert result.stderr == (
-        f"*** {world.ref('tool')}\nReason: Git change more recent than image\n\n"
-    )
+    assert result.stderr == announced(world.ref("tool"), REASON_GIT)
 
 
 def test_json_after_a_run(world: World) -> None:
@@ -312,6 +322,7 @@ def test_exit_status_of_a_failed_build(world: World) -> None:
     assert world.run("--all", env={"DOCKER_DOUBLE_FAIL": "app=42"}).returncode == 42
 
 
+@pytest.mark.also_sequential
 def test_progress_on_a_terminal(world: World) -> None:
     world.up_to_date("app", "tool")
     controller, terminal = pty.openpty()

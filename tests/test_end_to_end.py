@@ -6,24 +6,27 @@ from __future__ import annotations
 import os
 import sys
 
-from conftest import PASSWORD, T_COMMIT, T_IMAGE, T_LATER, World
+import pytest
+from conftest import (
+    BASE_LAYER,
+    PASSWORD,
+    REASON_BASE,
+    REASON_FILES,
+    REASON_FORCED,
+    REASON_GIT,
+    REASON_MISSING,
+    T_COMMIT,
+    T_IMAGE,
+    T_LATER,
+    World,
+    announced,
+    failed,
+    rebuilt,
+    succeeded,
+)
 from imagetools import new_layer
 
-BASE_LAYERS = ["sha256:" + "1" * 64, "sha256:" + "2" * 64]
-
-
-def rebuilt(world: World, name: str, reason: str) -> str:
-    """The output for one rebuilt target."""
-    tag = name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
-    return f"*** {name}\nReason: {reason}\n\ndouble: pushed {tag}\n\n"
-
-
-def announced(name: str, reason: str) -> str:
-    return f"*** {name}\nReason: {reason}\n\n"
-
-
-def assert_ok(result, stdout: str) -> None:
-    assert (result.returncode, result.stderr, result.stdout) == (0, "", stdout)
+BASE_LAYERS = [BASE_LAYER, "sha256:" + "2" * 64]
 
 
 # ----------------------------------------------------------------------------
@@ -33,7 +36,7 @@ def assert_ok(result, stdout: str) -> None:
 
 def test_nothing_to_do(world: World) -> None:
     world.up_to_date(base_layers=BASE_LAYERS)
-    assert_ok(world.run(), "")
+    succeeded(world.run())
     assert world.calls() == []
 
 
@@ -44,7 +47,7 @@ def test_image_missing(world: World) -> None:
     world.config("app\tapp")
     world.commit()
     result = world.run()
-    assert_ok(result, rebuilt(world, world.ref("app"), "Image missing in repository"))
+    succeeded(result, rebuilt(world.ref("app"), REASON_MISSING))
     assert world.built() == [world.ref("app:latest")]
     pushed = world.registry.config(world.ref("app:latest"))
     assert pushed["rootfs"]["diff_ids"][:2] == BASE_LAYERS
@@ -53,7 +56,7 @@ def test_image_missing(world: World) -> None:
 def test_base_image_changed(world: World) -> None:
     base = world.up_to_date(base_layers=BASE_LAYERS)
     world.registry.push(base, T_LATER, [*BASE_LAYERS, new_layer("base")])
-    assert_ok(world.run(), rebuilt(world, world.ref("app"), "Base image has changed"))
+    succeeded(world.run(), rebuilt(world.ref("app"), REASON_BASE))
     assert world.built() == [world.ref("app:latest")]
 
 
@@ -61,22 +64,20 @@ def test_newer_commit(world: World) -> None:
     world.up_to_date(base_layers=BASE_LAYERS)
     world.write("app/extra.txt", "more\n")
     world.commit(when=T_LATER)
-    reason = "Git change more recent than image"
-    assert_ok(world.run(), rebuilt(world, world.ref("app"), reason))
+    succeeded(world.run(), rebuilt(world.ref("app"), REASON_GIT))
 
 
 def test_commit_elsewhere_is_ignored(world: World) -> None:
     world.up_to_date(base_layers=BASE_LAYERS)
     world.write("other/file.txt", "x\n")
     world.commit(when=T_LATER)
-    assert_ok(world.run(), "")
+    succeeded(world.run())
 
 
 def test_dirty_tree(world: World) -> None:
     world.up_to_date(base_layers=BASE_LAYERS)
     world.write("app/new.txt", "uncommitted\n", mtime=T_LATER)
-    reason = "Files in docker context more recent than image"
-    assert_ok(world.run(), rebuilt(world, world.ref("app"), reason))
+    succeeded(world.run(), rebuilt(world.ref("app"), REASON_FILES))
 
 
 def test_dirty_tree_older_than_image(world: World) -> None:
@@ -84,7 +85,7 @@ def test_dirty_tree_older_than_image(world: World) -> None:
     world.write("app/new.txt", "uncommitted\n", mtime=T_COMMIT)
     for path in ("app/Dockerfile", "app"):
         os.utime(world.root / path, (T_COMMIT, T_COMMIT))
-    assert_ok(world.run(), "")
+    succeeded(world.run())
 
 
 def test_directory_outside_git(plain_world: World) -> None:
@@ -97,10 +98,9 @@ def test_directory_outside_git(plain_world: World) -> None:
     world.registry.push(
         world.ref("app:latest"), T_IMAGE, [*BASE_LAYERS, new_layer("a")]
     )
-    assert_ok(world.run(), "")
+    succeeded(world.run())
     world.write("app/late.txt", "x\n", mtime=T_LATER)
-    reason = "Files in docker context more recent than image"
-    assert_ok(world.run(), rebuilt(world, world.ref("app"), reason))
+    succeeded(world.run(), rebuilt(world.ref("app"), REASON_FILES))
 
 
 # ----------------------------------------------------------------------------
@@ -120,50 +120,45 @@ def two_images(world: World) -> str:
     return base
 
 
-FORCED = "Rebuild triggered by command line"
-
-
 def test_forced_by_name(world: World) -> None:
     two_images(world)
-    assert_ok(world.run("two"), rebuilt(world, world.ref("two"), FORCED))
+    succeeded(world.run("two"), rebuilt(world.ref("two"), REASON_FORCED))
 
 
 def test_forced_by_base_name(world: World) -> None:
     base = two_images(world)
-    assert_ok(world.run(base), rebuilt(world, world.ref("one"), FORCED))
+    succeeded(world.run(base), rebuilt(world.ref("one"), REASON_FORCED))
 
 
 def test_all(world: World) -> None:
     two_images(world)
-    expected = rebuilt(world, world.ref("one"), FORCED) + rebuilt(
-        world, world.ref("two"), FORCED
+    expected = rebuilt(world.ref("one"), REASON_FORCED) + rebuilt(
+        world.ref("two"), REASON_FORCED
     )
-    assert_ok(world.run("--all"), expected)
+    succeeded(world.run("--all"), expected)
     assert world.built() == [world.ref("one:latest"), world.ref("two:latest")]
 
 
 def test_all_with_exclusion(world: World) -> None:
     two_images(world)
-    assert_ok(world.run("-a", "one:latest"), rebuilt(world, world.ref("two"), FORCED))
+    succeeded(world.run("-a", "one:latest"), rebuilt(world.ref("two"), REASON_FORCED))
 
 
 def test_unknown_image_argument(world: World) -> None:
     two_images(world)
     result = world.run("three")
-    assert (result.returncode, result.stdout) == (1, "")
-    assert (
-        result.stderr == "Image three not found in 'docker_images' configuration file\n"
-    )
+    failed(result, "Image three not found in 'docker_images' configuration file\n")
 
 
+@pytest.mark.also_sequential
 def test_dry_run(world: World) -> None:
     two_images(world)
     world.registry.push(world.ref("base:1"), T_LATER, [new_layer("new base")])
     result = world.run("--dry-run", "two")
-    expected = announced(world.ref("one"), "Base image has changed") + announced(
-        world.ref("two"), FORCED
+    expected = announced(world.ref("one"), REASON_BASE) + announced(
+        world.ref("two"), REASON_FORCED
     )
-    assert_ok(result, expected)
+    succeeded(result, expected)
     assert world.calls() == []
 
 
@@ -179,14 +174,14 @@ def test_file_and_dir_options(world: World) -> None:
     world.config("app\tapp", name="sub/dir/images.conf")
     world.commit()
     result = world.run("-C", "sub", "--dir", "dir", "-f", "images.conf", "-n")
-    assert_ok(result, announced(world.ref("app"), "Image missing in repository"))
+    succeeded(result, announced(world.ref("app"), REASON_MISSING))
 
 
 def test_bad_directory(world: World) -> None:
     result = world.run("-C", "nowhere")
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == (
-        "Can't change directory: [Errno 2] No such file or directory: 'nowhere'\n"
+    failed(
+        result,
+        "Can't change directory: [Errno 2] No such file or directory: 'nowhere'\n",
     )
 
 
@@ -222,28 +217,28 @@ def test_options_order(world: World) -> None:
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.also_sequential
 def test_two_repositories(world: World) -> None:
     second = world.namespace + "-mirror"
     base = world.up_to_date(base_layers=BASE_LAYERS)
     world.registry.push(f"{second}/app:latest", T_IMAGE, [*BASE_LAYERS, new_layer("m")])
     env = {"DOCKER_REPOSITORY": f"{world.namespace} {second}"}
-    assert_ok(world.run(env=env), "")
+    succeeded(world.run(env=env))
     world.registry.push(base, T_LATER, [new_layer("new base")])
-    reason = "Base image has changed"
-    expected = rebuilt(world, world.ref("app"), reason) + rebuilt(
-        world, f"{second}/app", reason
-    )
-    assert_ok(world.run(env=env), expected)
+    reason = REASON_BASE
+    expected = rebuilt(world.ref("app"), reason) + rebuilt(f"{second}/app", reason)
+    succeeded(world.run(env=env), expected)
     assert world.built() == [world.ref("app:latest"), f"{second}/app:latest"]
 
 
+@pytest.mark.also_sequential
 def test_second_repository_decides(world: World) -> None:
     second = world.namespace + "-mirror"
     world.up_to_date(base_layers=BASE_LAYERS)
     env = {"DOCKER_REPOSITORY": f"{world.namespace} {second}"}
-    reason = "Image missing in repository"
+    reason = REASON_MISSING
     expected = announced(world.ref("app"), reason) + announced(f"{second}/app", reason)
-    assert_ok(world.run("-n", env=env), expected)
+    succeeded(world.run("-n", env=env), expected)
 
 
 def test_repository_base_and_dependent_image(world: World) -> None:
@@ -267,17 +262,14 @@ def test_repository_base_and_dependent_image(world: World) -> None:
         T_IMAGE,
         [*BASE_LAYERS, "sha256:" + "3" * 64, new_layer("i")],
     )
-    assert_ok(world.run(), "")
+    succeeded(world.run())
     world.write("ipterm/base/motd", "hello\n")
     world.commit(when=T_LATER)
-    expected = rebuilt(
-        world, world.ref("ipterm-base"), "Git change more recent than image"
-    ) + rebuilt(
-        world,
+    expected = rebuilt(world.ref("ipterm-base"), REASON_GIT) + rebuilt(
         world.ref("ipterm"),
         f"Base image will be rebuilt: {world.ref('ipterm-base:latest')}",
     )
-    assert_ok(world.run(), expected)
+    succeeded(world.run(), expected)
     ipterm = world.calls()[1]["argv"]
     assert ipterm[2:4] == ["--build-arg", f"DOCKER_REPOSITORY={world.namespace}"]
     new_base = world.registry.config(world.ref("ipterm-base"))["rootfs"]["diff_ids"]
@@ -291,7 +283,7 @@ def test_base_none_is_never_compared(world: World) -> None:
     world.config("app\tapp\tNONE")
     world.commit()
     world.registry.push(world.ref("app"), T_IMAGE, [new_layer("app")])
-    assert_ok(world.run(), "")
+    succeeded(world.run())
 
 
 def test_missing_base_image(world: World) -> None:
@@ -299,8 +291,7 @@ def test_missing_base_image(world: World) -> None:
     world.config("app\tapp")
     world.commit()
     result = world.run()
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == f"Missing base image: {world.ref('base:1')}\n"
+    failed(result, f"Missing base image: {world.ref('base:1')}\n")
     assert world.calls() == []
 
 
@@ -316,7 +307,7 @@ def test_multi_arch_index(world: World) -> None:
         world.ref("app"), T_IMAGE, [*BASE_LAYERS, new_layer("app")],
         platforms=["linux/amd64", "linux/arm/v7"],
     )  # fmt: skip
-    assert_ok(world.run(), "")
+    succeeded(world.run())
 
 
 def test_full_name_image_ignores_repositories(world: World) -> None:
@@ -327,17 +318,14 @@ def test_full_name_image_ignores_repositories(world: World) -> None:
     world.commit()
     env = {"DOCKER_REPOSITORY": ""}
     result = world.run("-n", env=env)
-    assert_ok(result, announced(world.ref("tool:v2"), "Image missing in repository"))
+    succeeded(result, announced(world.ref("tool:v2"), REASON_MISSING))
 
 
 def test_repository_not_defined(world: World) -> None:
     world.dockerfile("app", "scratch")
     world.config("app\tapp")
     result = world.run(env={"DOCKER_REPOSITORY": " "})
-    assert (result.returncode, result.stdout) == (1, "")
-    assert (
-        result.stderr == "app: Environment variable DOCKER_REPOSITORY is not defined\n"
-    )
+    failed(result, "app: Environment variable DOCKER_REPOSITORY is not defined\n")
 
 
 # ----------------------------------------------------------------------------
@@ -349,34 +337,31 @@ def test_basic_auth_login(auth_world: World) -> None:
     world = auth_world
     world.up_to_date(base_layers=BASE_LAYERS)
     login = {"DOCKER_LOGIN_TEST": f"{world.registry.host} builder {PASSWORD}"}
-    assert_ok(world.run(env=login), "")
+    succeeded(world.run(env=login))
     world.write("app/extra", "x\n")
     world.commit(when=T_LATER)
     result = world.run(env=login)
-    assert_ok(
-        result, rebuilt(world, world.ref("app"), "Git change more recent than image")
-    )
+    succeeded(result, rebuilt(world.ref("app"), REASON_GIT))
     (call,) = world.calls()
     assert not any(key.startswith("DOCKER_LOGIN") for key in call["env"])
     assert PASSWORD not in repr(call)
     assert PASSWORD not in result.stdout + result.stderr
 
 
+@pytest.mark.also_sequential
 def test_without_login_everything_is_missing(auth_world: World) -> None:
     """The reference reads a 401 as "not there": the base is missing."""
     world = auth_world
     world.up_to_date(base_layers=BASE_LAYERS)
     result = world.run()
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == f"Missing base image: {world.ref('base:1')}\n"
+    failed(result, f"Missing base image: {world.ref('base:1')}\n")
 
 
 def test_login_variable_needs_three_fields(world: World) -> None:
     world.dockerfile("app", "scratch")
     world.config("app\tapp")
     result = world.run(env={"DOCKER_LOGIN_X": "registry.example only-user"})
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == "DOCKER_LOGIN_X requires 3 fields: registry user password\n"
+    failed(result, "DOCKER_LOGIN_X requires 3 fields: registry user password\n")
 
 
 # ----------------------------------------------------------------------------
@@ -389,7 +374,7 @@ def test_build_failure_exit_code(world: World) -> None:
     result = world.run("--all", env={"DOCKER_DOUBLE_FAIL": "one=3"})
     assert result.returncode == 3
     assert result.stderr == ""
-    assert result.stdout == announced(world.ref("one"), FORCED) + (
+    assert result.stdout == announced(world.ref("one"), REASON_FORCED) + (
         f"double: failed {world.ref('one:latest')}\n"
     )
     assert world.built() == [world.ref("one:latest")]
@@ -403,7 +388,7 @@ def test_docker_missing(world: World) -> None:
     env = {"PATH": f"{world.bin}:{os.path.dirname(sys.executable)}"}
     result = world.run("--all", env=env)
     assert result.returncode == 1
-    assert result.stdout == announced(world.ref("app"), FORCED)
+    assert result.stdout == announced(world.ref("app"), REASON_FORCED)
     assert result.stderr == (
         "Can't run docker: [Errno 2] No such file or directory: 'docker'\n"
     )

@@ -18,18 +18,28 @@ from pathlib import Path
 import pytest
 import requests
 import trustme
-from conftest import PASSWORD, T_COMMIT, TOOL, USER, World
+from conftest import (
+    PASSWORD,
+    REASON_FILES,
+    REASON_MISSING,
+    T_COMMIT,
+    T_IMAGE,
+    TOOL,
+    USER,
+    World,
+    announced,
+    failed,
+    succeeded,
+    utc,
+)
 from imagetools import new_layer, push_raw_config
 from servers import FaultProxy, free_port
 
 
 def fails(world: World, result, stderr: str) -> None:
-    assert (result.returncode, result.stdout, result.stderr) == (1, "", stderr)
+    """The run failed with this one line, and built nothing."""
+    failed(result, stderr)
     assert world.calls() == []
-
-
-def repository_path(world: World, name: str) -> str:
-    return world.namespace.split("/", 1)[1] + "/" + name
 
 
 # ----------------------------------------------------------------------------
@@ -58,6 +68,7 @@ def test_name_not_known(world: World) -> None:
     fails(world, result, result.stderr)
 
 
+@pytest.mark.also_sequential
 def test_untrusted_certificate(world: World, tmp_path: Path) -> None:
     world.up_to_date()
     other_ca = tmp_path / "other-ca.pem"
@@ -71,12 +82,13 @@ def test_untrusted_certificate(world: World, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.also_sequential
 def test_stalled_answer_is_retried(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
     world.up_to_date()
     proxy.add("/app/manifests/", "stall", method="GET", delay=2.0)
     result = world.run("--timeout", "0.5")
-    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
+    succeeded(result)
     assert [m for m, p in proxy.seen if "/app/manifests/" in p].count("GET") >= 2
 
 
@@ -97,8 +109,7 @@ def test_manifest_digest_mismatch(faulty_world: tuple[World, FaultProxy]) -> Non
     world, proxy = faulty_world
     world.up_to_date()
     real = requests.get(
-        f"https://{world.registry.host}/v2/{repository_path(world, 'app')}"
-        "/manifests/latest",
+        f"https://{world.registry.host}/v2/{world.path('app')}/manifests/latest",
         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
         timeout=10,
     )
@@ -114,7 +125,7 @@ def test_manifest_digest_mismatch(faulty_world: tuple[World, FaultProxy]) -> Non
 
 
 NO_CREATED = json.dumps({"rootfs": {"diff_ids": []}}).encode()
-NO_ROOTFS = json.dumps({"created": "2026-02-01T00:00:00Z"}).encode()
+NO_ROOTFS = json.dumps({"created": utc(T_IMAGE)}).encode()
 BAD_CREATED = json.dumps({"created": "yesterday", "rootfs": {"diff_ids": []}}).encode()
 MISSING = "missing information from registry"
 
@@ -149,7 +160,7 @@ def test_server_errors_give_up_with_one_line(
         world,
         result,
         f"{world.ref('app:latest')}: 503 Server Error: Service Unavailable for url: "
-        f"https://{proxy.host}/v2/{repository_path(world, 'app')}/manifests/latest\n",
+        f"https://{proxy.host}/v2/{world.path('app')}/manifests/latest\n",
     )
 
 
@@ -169,10 +180,12 @@ def refuses_wrong_password(world: World) -> None:
     )
 
 
+@pytest.mark.also_sequential
 def test_wrong_basic_password(auth_world: World) -> None:
     refuses_wrong_password(auth_world)
 
 
+@pytest.mark.also_sequential
 def test_wrong_bearer_password(token_world: World) -> None:
     refuses_wrong_password(token_world)
 
@@ -182,14 +195,11 @@ def test_repository_hidden_from_an_accepted_login(token_world: World) -> None:
     is missing, and must be built."""
     world = token_world
     world.up_to_date()
-    world.registry.tokens.hidden.add(repository_path(world, "app"))
+    world.registry.tokens.hidden.add(world.path("app"))
     login = {"DOCKER_LOGIN": f"{world.registry.host} {USER} {PASSWORD}"}
     result = world.run("-n", env=login)
     world.registry.tokens.hidden.clear()
-    assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == (
-        f"*** {world.ref('app')}\nReason: Image missing in repository\n\n"
-    )
+    succeeded(result, announced(world.ref("app"), REASON_MISSING))
 
 
 def test_forbidden_repository_with_basic_login(auth_registry, world_factory) -> None:
@@ -198,10 +208,7 @@ def test_forbidden_repository_with_basic_login(auth_registry, world_factory) -> 
     proxy.add("/app/manifests/", "status", times=99, status=403)
     login = {"DOCKER_LOGIN": f"{proxy.host} {USER} {PASSWORD}"}
     result = world.run("-n", env=login)
-    assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == (
-        f"*** {world.ref('app')}\nReason: Image missing in repository\n\n"
-    )
+    succeeded(result, announced(world.ref("app"), REASON_MISSING))
 
 
 # ----------------------------------------------------------------------------
@@ -262,7 +269,7 @@ def test_password_never_shows(auth_registry, world_factory, tmp_path: Path) -> N
 def test_base_without_layers(world: World) -> None:
     world.up_to_date(base_layers=[])
     result = world.run()
-    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
+    succeeded(result)
 
 
 def test_build_killed_by_a_signal(world: World) -> None:
@@ -308,13 +315,10 @@ def test_dirty_tree_counts_only_the_build_context(world: World) -> None:
     world.write("app/debug.log", "ignored by docker\n", mtime=later)
     world.write("app/secret/key", "ignored by docker\n", mtime=later)
     result = world.run()
-    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
+    succeeded(result)
     world.write("app/main.c", "counts\n", mtime=later)
     result = world.run("-n")
-    assert result.stdout == (
-        f"*** {world.ref('app')}\n"
-        "Reason: Files in docker context more recent than image\n\n"
-    )
+    assert result.stdout == announced(world.ref("app"), REASON_FILES)
 
 
 def test_directory_without_tracked_files(world: World) -> None:
@@ -323,7 +327,7 @@ def test_directory_without_tracked_files(world: World) -> None:
     world.write(".gitignore", "app/\n")
     world.up_to_date()
     result = world.run()
-    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
+    succeeded(result)
 
 
 # ----------------------------------------------------------------------------

@@ -5,10 +5,23 @@ from __future__ import annotations
 
 import os
 
-from conftest import T_COMMIT, T_IMAGE, T_LATER, World
+import pytest
+from conftest import (
+    BASE_LAYER,
+    REASON_FILES,
+    REASON_FORCED,
+    REASON_GIT,
+    T_COMMIT,
+    T_IMAGE,
+    T_LATER,
+    World,
+    announced,
+    failed,
+    utc,
+)
 from imagetools import new_layer
 
-BASE = ["sha256:" + "1" * 64]
+BASE = [BASE_LAYER]
 
 
 def chain(world: World) -> None:
@@ -30,10 +43,6 @@ def chain(world: World) -> None:
     world.registry.push(world.ref("other"), T_IMAGE, [*BASE, new_layer("other")])
 
 
-def header(name: str, reason: str) -> str:
-    return f"*** {name}\nReason: {reason}\n\n"
-
-
 def touch_root(world: World) -> None:
     world.write("root/new", "x\n")
     world.commit(when=T_LATER)
@@ -41,18 +50,19 @@ def touch_root(world: World) -> None:
 
 def expected_chain(world: World) -> str:
     return (
-        header(world.ref("root"), "Git change more recent than image")
-        + header(
+        announced(world.ref("root"), REASON_GIT)
+        + announced(
             world.ref("middle"),
             f"Base image will be rebuilt: {world.ref('root:latest')}",
         )
-        + header(
+        + announced(
             world.ref("tool"),
             f"Base image will be rebuilt: {world.ref('middle:latest')}",
         )
     )
 
 
+@pytest.mark.also_sequential
 def test_dry_run_reports_dependents(world: World) -> None:
     chain(world)
     assert world.run().stdout == ""
@@ -81,9 +91,7 @@ def test_dependents_are_built_after_their_base(world: World) -> None:
 def test_forcing_a_base_propagates(world: World) -> None:
     chain(world)
     result = world.run("-n", "middle")
-    assert result.stdout == header(
-        world.ref("middle"), "Rebuild triggered by command line"
-    ) + header(
+    assert result.stdout == announced(world.ref("middle"), REASON_FORCED) + announced(
         world.ref("tool"), f"Base image will be rebuilt: {world.ref('middle:latest')}"
     )
 
@@ -116,7 +124,7 @@ def test_failure_stops_a_sequential_run(world: World) -> None:
     result = world.run(env={"DOCKER_DOUBLE_FAIL": "/root:=7"})
     assert (result.returncode, result.stderr) == (7, "")
     assert result.stdout == (
-        header(world.ref("root"), "Git change more recent than image")
+        announced(world.ref("root"), REASON_GIT)
         + f"double: failed {world.ref('root:latest')}\n"
     )
 
@@ -140,10 +148,10 @@ def test_cycle_is_an_error(world: World) -> None:
     world.dockerfile("b", "$DOCKER_REPOSITORY/a")
     world.config("a\ta", "b\tb")
     result = world.run("-n")
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == "Dependency cycle: a -> b -> a\n"
+    failed(result, "Dependency cycle: a -> b -> a\n")
 
 
+@pytest.mark.also_sequential
 def test_explain(world: World) -> None:
     chain(world)
     world.write("other/new", "x\n", mtime=T_LATER)
@@ -151,18 +159,15 @@ def test_explain(world: World) -> None:
         os.utime(world.root / path, (T_COMMIT, T_COMMIT))
     result = world.run("--explain", "-n")
     assert result.returncode == 0
-    assert result.stdout == header(
-        world.ref("other"), "Files in docker context more recent than image"
-    )
-    created, committed = "2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"
+    assert result.stdout == announced(world.ref("other"), REASON_FILES)
+    created, committed = utc(T_IMAGE), utc(T_COMMIT)
     up_to_date = (
         f"image created {created}; base layer found; "
         f"context changed {committed} (commit); up to date"
     )
     assert result.stderr.splitlines() == [
         f"{world.ref('other')}: image created {created}; base layer found; "
-        "context changed 2026-03-01T00:00:00Z (mtime); "
-        "Files in docker context more recent than image",
+        f"context changed {utc(T_LATER)} (mtime); {REASON_FILES}",
         f"{world.ref('root')}: {up_to_date}",
         f"{world.ref('middle')}: {up_to_date}",
         f"{world.ref('tool')}: {up_to_date}",

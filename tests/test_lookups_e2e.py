@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import PASSWORD, T_LATER, World
+import pytest
+from conftest import PASSWORD, REASON_BASE, T_LATER, World, announced, failed, succeeded
 from imagetools import new_layer
 from servers import FaultProxy
-
-BASE = ["sha256:" + "1" * 64]
 
 
 def methods(proxy: FaultProxy) -> list[tuple[str, str]]:
@@ -20,15 +19,12 @@ def methods(proxy: FaultProxy) -> list[tuple[str, str]]:
     return sorted((method, path.rsplit("/", 2)[-2]) for method, path in proxy.seen)
 
 
-def ok(result, stdout: str = "") -> None:
-    assert (result.returncode, result.stderr, result.stdout) == (0, "", stdout)
-
-
+@pytest.mark.also_sequential
 def test_cold_then_warm_run(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
     world.up_to_date()
     proxy.seen.clear()
-    ok(world.run())
+    succeeded(world.run())
     # per image: GET of the manifest and of the config (with an empty cache
     # a HEAD would only cost time)
     assert methods(proxy) == [
@@ -39,7 +35,7 @@ def test_cold_then_warm_run(faulty_world: tuple[World, FaultProxy]) -> None:
         ("GET", "v2"),
     ]
     proxy.seen.clear()
-    ok(world.run())
+    succeeded(world.run())
     assert methods(proxy) == [
         ("GET", "v2"),
         ("HEAD", "manifests"),
@@ -52,21 +48,22 @@ def test_connections_at_most_the_pool(faulty_world: tuple[World, FaultProxy]) ->
     world, proxy = faulty_world
     world.up_to_date("a", "b", "c", "d", "e", "f")
     before = proxy.connections
-    ok(world.run("--jobs", "2", "--no-cache"))
+    succeeded(world.run("--jobs", "2", "--no-cache"))
     assert 1 <= proxy.connections - before <= 2
     before = proxy.connections
-    ok(world.run("--jobs", "1", "--no-cache"))
+    succeeded(world.run("--jobs", "1", "--no-cache"))
     assert proxy.connections - before == 1
 
 
+@pytest.mark.also_sequential
 def test_changed_tag_is_fetched_again(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
     world.up_to_date()
-    ok(world.run())
+    succeeded(world.run())
     world.registry.push(world.ref("base:1"), T_LATER, [new_layer("new")])
     proxy.seen.clear()
     result = world.run("-n")
-    ok(result, f"*** {world.ref('app')}\nReason: Base image has changed\n\n")
+    succeeded(result, announced(world.ref("app"), REASON_BASE))
     assert methods(proxy) == [
         ("GET", "blobs"),
         ("GET", "manifests"),
@@ -76,12 +73,13 @@ def test_changed_tag_is_fetched_again(faulty_world: tuple[World, FaultProxy]) ->
     ]
 
 
+@pytest.mark.also_sequential
 def test_no_cache(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
     world.up_to_date()
-    ok(world.run("--no-cache"))
+    succeeded(world.run("--no-cache"))
     proxy.seen.clear()
-    ok(world.run("--no-cache"))
+    succeeded(world.run("--no-cache"))
     assert [m for m in methods(proxy) if m[0] == "GET"] == [
         ("GET", "blobs"),
         ("GET", "blobs"),
@@ -106,9 +104,10 @@ def test_corrupt_cache_is_ignored_and_rebuilt(
         f"docker_build: warning: ignoring the cache {cache}: unexpected content\n"
     )
     assert len(json.loads(cache.read_text())["entries"]) == 2
-    ok(world.run())
+    succeeded(world.run())
 
 
+@pytest.mark.also_sequential
 def test_token_and_challenge_reused(token_world: World) -> None:
     world = token_world
     login = {"DOCKER_LOGIN_T": f"{world.registry.host} builder {PASSWORD}"}
@@ -116,14 +115,14 @@ def test_token_and_challenge_reused(token_world: World) -> None:
     tokens = world.registry.tokens
     tokens.issued.clear()
     logged = len(world.registry.requests_logged())
-    ok(world.run(env=login))
+    succeeded(world.run(env=login))
     requests = world.registry.requests_logged()[logged:]
     # one unauthenticated request learns the scheme; then one token per
     # repository, each used for all of that repository's requests
     assert [r for r in requests if r[2] == "401"] == [("GET", "/v2/", "401")]
-    prefix = "repository:" + world.namespace.split("/", 1)[1]
     assert sorted(tokens.issued) == [
-        f"{prefix}/{name}:pull" for name in ("base", "one", "three", "two")
+        f"repository:{world.path(name)}:pull"
+        for name in ("base", "one", "three", "two")
     ]
 
 
@@ -132,14 +131,16 @@ def test_token_and_challenge_reused(token_world: World) -> None:
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.also_sequential
 def test_503_burst_is_retried(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
     world.up_to_date()
     proxy.add("/manifests/", "status", method="GET", times=2, status=503)
-    ok(world.run())
+    succeeded(world.run())
     assert sum(1 for m in methods(proxy) if m == ("GET", "manifests")) >= 4
 
 
+@pytest.mark.also_sequential
 def test_429_honours_retry_after(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
     world.up_to_date()
@@ -147,22 +148,24 @@ def test_429_honours_retry_after(faulty_world: tuple[World, FaultProxy]) -> None
         "/manifests/", "status", method="GET", status=429, headers={"Retry-After": "1"}
     )
     started = time.monotonic()
-    ok(world.run())
+    succeeded(world.run())
     assert time.monotonic() - started >= 1.0
 
 
+@pytest.mark.also_sequential
 def test_connection_reset_is_retried(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
     world.up_to_date()
     proxy.add("/blobs/", "reset", times=2)
-    ok(world.run())
+    succeeded(world.run())
 
 
+@pytest.mark.also_sequential
 def test_truncated_body_is_retried(faulty_world: tuple[World, FaultProxy]) -> None:
     world, proxy = faulty_world
     world.up_to_date()
     proxy.add("/blobs/", "truncate")
-    ok(world.run())
+    succeeded(world.run())
 
 
 def test_retries_are_bounded(faulty_world: tuple[World, FaultProxy]) -> None:
@@ -173,11 +176,10 @@ def test_retries_are_bounded(faulty_world: tuple[World, FaultProxy]) -> None:
         "/app/manifests/", "status", times=100, status=500, headers={"Retry-After": "0"}
     )
     result = world.run()
-    path = world.namespace.split("/", 1)[1]
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == (
+    failed(
+        result,
         f"{world.ref('app:latest')}: 500 Server Error: Internal Server Error "
-        f"for url: https://{proxy.host}/v2/{path}/app/manifests/latest\n"
+        f"for url: https://{proxy.host}/v2/{world.path('app')}/manifests/latest\n",
     )
     assert sum(1 for m in proxy.seen if "/app/manifests/" in m[1]) == 5
     assert world.calls() == []
@@ -189,10 +191,9 @@ def test_other_errors_are_not_retried(faulty_world: tuple[World, FaultProxy]) ->
     proxy.seen.clear()
     proxy.add("/app/manifests/", "status", times=100, status=400)
     result = world.run()
-    path = world.namespace.split("/", 1)[1]
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == (
+    failed(
+        result,
         f"{world.ref('app:latest')}: 400 Client Error: Bad Request "
-        f"for url: https://{proxy.host}/v2/{path}/app/manifests/latest\n"
+        f"for url: https://{proxy.host}/v2/{world.path('app')}/manifests/latest\n",
     )
     assert sum(1 for m in proxy.seen if "/app/manifests/" in m[1]) == 1
