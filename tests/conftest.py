@@ -445,3 +445,7 @@ def _tools_present() -> None:
     for tool in ("docker-registry", "git"):
         if not shutil.which(tool):
             pytest.exit(f"{tool} is not installed: run tests/run", returncode=3)
+
+# The tests of before the reorganisation by pipeline stage, read while they
+# are ported; never collected.
+collect_ignore = ["old"]

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import pytest
 from conftest import load_tool
-from fakes import CREATED, FakeContexts, FakeRegistry, info
+from old.fakes import CREATED, FakeContexts, FakeRegistry, info
 
 db = load_tool()
 

@@ -23,7 +23,7 @@ import requests
 import requests.exceptions
 import urllib3.exceptions
 from conftest import ROOT, load_tool
-from fakes import CREATED, FakeContexts, FakeRegistry, info, needs_rebuild
+from old.fakes import CREATED, FakeContexts, FakeRegistry, info, needs_rebuild
 
 db = load_tool()
 
