@@ -83,6 +83,7 @@ def push_platform_image(
     layers: Sequence[str],
     platform: str,
     oci: bool,
+    labels: dict[str, str] | None = None,
 ) -> dict:
     """Push layers, config and manifest; return the index entry for it."""
     os_name, arch, *variant = platform.split("/")
@@ -94,6 +95,8 @@ def push_platform_image(
         "created": created,
         "rootfs": {"type": "layers", "diff_ids": list(layers)},
     }
+    if labels:
+        config["config"] = {"Labels": labels}
     media_type = OCI_MANIFEST if oci else SCHEMA2
     manifest = {
         "schemaVersion": 2,
@@ -130,6 +133,7 @@ def push_image(
     index: bool = False,
     oci: bool = False,
     odd_entries: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> None:
     """Push an image. `layers` may differ per platform (a dict). Several
     platforms, index=True or odd_entries make an index; odd_entries adds
@@ -141,7 +145,9 @@ def push_image(
     )
     with client(host, repo, login) as registry:
         entries = [
-            push_platform_image(registry, created, platform_layers, platform, oci)
+            push_platform_image(
+                registry, created, platform_layers, platform, oci, labels
+            )
             for platform, platform_layers in per_platform.items()
         ]
         if len(entries) == 1 and not (index or odd_entries):
