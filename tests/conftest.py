@@ -749,7 +749,3 @@ def workdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
     return write
 
-
-# The tests of before the reorganisation by pipeline stage, read while they
-# are ported; never collected.
-collect_ignore = ["old"]
