@@ -4,6 +4,7 @@ end-to-end tests expect of a run (success, failure, rebuild headers)."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import importlib.machinery
@@ -22,6 +23,7 @@ from types import ModuleType
 import bcrypt
 import imagetools
 import pytest
+import requests
 from servers import (
     FaultProxy,
     RegistryServer,
@@ -45,6 +47,10 @@ PASSWORD = "Canary-pw-7f3a9c"  # must never show up anywhere
 
 # The layer of base:1 in World.up_to_date, and in many tests' bases.
 BASE_LAYER = "sha256:" + "1" * 64
+# A base of two layers (the linux/amd64 image of multi_base), and the
+# linux/arm64 image of multi_base.
+BASE_LAYERS = [BASE_LAYER, "sha256:" + "2" * 64]
+ARM_LAYERS = ["sha256:" + "3" * 64, "sha256:" + "4" * 64]
 
 # The reasons docker_build gives for a rebuild.
 REASON_FORCED = "Rebuild triggered by command line"
@@ -72,6 +78,69 @@ def utc(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
+def fatal_message(func, *args, code: int = 1) -> str:
+    """Call func, expect the tool's Fatal with the exit code; return its
+    message."""
+    with pytest.raises(load_tool().Fatal) as info:
+        func(*args)
+    assert info.value.code == code
+    return str(info.value.message)
+
+
+# ----------------------------------------------------------------------------
+# HTTP answers without a server
+# ----------------------------------------------------------------------------
+
+
+def response(
+    status: int, headers=None, body: bytes = b"", url: str = "https://reg.example/v2/"
+) -> requests.Response:
+    """A requests.Response as a server would send it."""
+    made = requests.Response()
+    made.status_code = status
+    made.headers = requests.structures.CaseInsensitiveDict(headers or {})
+    made._content = body
+    made.encoding = "utf-8"
+    made.url = url
+    made.reason = {200: "OK", 401: "Unauthorized"}.get(status, "Error")
+    return made
+
+
+class FakeSession:
+    """A RegistryHost's session (set `host.session`): answers requests from
+    `routes`: (method, url) -> a list of responses, one per request (the
+    last one repeats), or a function of the request's Authorization header;
+    requests in `calls` as (method, url, Authorization, timeout). dxf asks
+    for tokens with requests.get: monkeypatch it with this session's get."""
+
+    def __init__(self, routes) -> None:
+        self.routes = routes
+        self.calls: list[tuple] = []
+
+    def request(self, method, url, headers=None, timeout=None, auth=None, **kwargs):
+        authorization = (headers or {}).get("Authorization")
+        if auth is not None:  # requests turns a (user, password) into this
+            login = base64.b64encode(":".join(auth).encode()).decode()
+            authorization = "Basic " + login
+        self.calls.append((method, url, authorization, timeout))
+        route = self.routes[method, url]
+        if callable(route):
+            return route(authorization)
+        return route.pop(0) if len(route) > 1 else route[0]
+
+    def get(self, url, **kwargs):
+        return self.request("get", url, **kwargs)
+
+    def head(self, url, **kwargs):
+        return self.request("head", url, **kwargs)
+
+    def post(self, url, **kwargs):
+        return self.request("post", url, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
 # ----------------------------------------------------------------------------
 # What a run prints
 # ----------------------------------------------------------------------------
@@ -96,6 +165,99 @@ def rebuilt(name: str, reason: str) -> str:
     """The output for an image rebuilt and pushed by the docker double."""
     tag = name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
     return announced(name, reason) + f"double: pushed {tag}\n\n"
+
+
+# ----------------------------------------------------------------------------
+# Scenarios several stages share
+# ----------------------------------------------------------------------------
+
+
+def two_images(world: World) -> str:
+    """one (on base:1) and two (on scratch), both up to date and committed;
+    returns base:1's reference."""
+    base = world.ref("base:1")
+    world.registry.push(base, T_COMMIT, BASE_LAYERS)
+    world.dockerfile("one", base)
+    world.dockerfile("two", "scratch")
+    world.config("one\tone", "two\ttwo")
+    world.commit()
+    for name in ("one", "two"):
+        world.registry.push(
+            world.ref(name), T_IMAGE, [*BASE_LAYERS, imagetools.new_layer(name)]
+        )
+    return base
+
+
+def multi_base(world: World) -> str:
+    """base:1 for linux/amd64 (BASE_LAYERS) and linux/arm64 (ARM_LAYERS);
+    returns its reference."""
+    base = world.ref("base:1")
+    world.registry.push(
+        base, T_COMMIT, {"linux/amd64": BASE_LAYERS, "linux/arm64": ARM_LAYERS}
+    )
+    return base
+
+
+def chain(world: World) -> None:
+    """tool (listed first) on middle on root, root on a registry base;
+    other on that base too; everything up to date, committed at T_COMMIT."""
+    base = world.ref("base:1")
+    world.registry.push(base, T_COMMIT, [BASE_LAYER])
+    world.dockerfile("tool", "$DOCKER_REPOSITORY/middle")
+    world.dockerfile("middle", "${DOCKER_REPOSITORY}/root")
+    world.dockerfile("root", base)
+    world.dockerfile("other", base)
+    world.config("tool\ttool", "middle\tmiddle", "other\tother", "root\troot")
+    world.commit()
+    root = [BASE_LAYER, imagetools.new_layer("root")]
+    middle = [*root, imagetools.new_layer("middle")]
+    world.registry.push(world.ref("root"), T_IMAGE, root)
+    world.registry.push(world.ref("middle"), T_IMAGE, middle)
+    world.registry.push(
+        world.ref("tool"), T_IMAGE, [*middle, imagetools.new_layer("tool")]
+    )
+    world.registry.push(
+        world.ref("other"), T_IMAGE, [BASE_LAYER, imagetools.new_layer("other")]
+    )
+
+
+def touch_root(world: World) -> None:
+    """A commit after the images were made changes root of the chain."""
+    world.write("root/new", "x\n")
+    world.commit(when=T_LATER)
+
+
+def expected_chain(world: World) -> str:
+    """What a run prints after touch_root: root, then what is built on it."""
+    return (
+        announced(world.ref("root"), REASON_GIT)
+        + announced(
+            world.ref("middle"),
+            f"Base image will be rebuilt: {world.ref('root:latest')}",
+        )
+        + announced(
+            world.ref("tool"),
+            f"Base image will be rebuilt: {world.ref('middle:latest')}",
+        )
+    )
+
+
+def readme_schema() -> dict:
+    """The JSON schema of the --output document, from the README."""
+    text = (ROOT / "README.md").read_text()
+    after = text.split("<!-- plan-schema -->", 1)[1]
+    body = after.split("```json\n", 1)[1].split("```", 1)[0]
+    return json.loads(body)
+
+
+def check_schema(document: dict) -> None:
+    """The document is valid by the README's schema (itself valid)."""
+    import jsonschema
+
+    schema = readme_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.check_schema(schema)
+    validator.validate(document)
 
 
 # ----------------------------------------------------------------------------
@@ -446,6 +608,144 @@ def _tools_present() -> None:
         if not shutil.which(tool):
             pytest.exit(f"{tool} is not installed: run tests/run", returncode=3)
 
-# The tests of before the reorganisation by pipeline stage, read while they
-# are ported; never collected.
-collect_ignore = ["old"]
+
+# ----------------------------------------------------------------------------
+# Runs in the background
+# ----------------------------------------------------------------------------
+
+
+def start_tool(world: World, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """The tool run in the world without waiting for it."""
+    return subprocess.Popen(
+        [sys.executable, str(TOOL), *world.options, *args],
+        cwd=world.root,
+        env={**world.env, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_build(world: World, count: int = 1) -> list[int]:
+    """The pids of the double once `count` builds have started."""
+    started = Path(str(world.log) + ".started")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if started.exists() and len(started.read_text().splitlines()) >= count:
+            return [int(line.split()[0]) for line in started.read_text().splitlines()]
+        time.sleep(0.05)
+    raise AssertionError("no build started")
+
+
+# ----------------------------------------------------------------------------
+# The tool in-process: a docker double for its builds, a project directory
+# ----------------------------------------------------------------------------
+
+FAKE_DOCKER = """\
+#!/bin/sh
+# A docker double: logs the build in $STATE, prints a line on stdout and
+# one on stderr, and exits with the tag's version ("latest" counts as 0).
+# NEED_<name>: a file of $STATE that must exist when the build starts.
+# WAIT_<name>: a file of $STATE to wait for, at most $STEPS * 0.05 s
+# ($STEPS_<name> for that build alone).
+while [ $# -gt 0 ]; do
+    if [ "$1" = --tag ]; then tag=$2; fi
+    shift
+done
+name=${tag##*/}
+name=${name%%:*}
+code=${tag##*:}
+if [ "$code" = latest ]; then code=0; fi
+echo "$name" >>"$STATE/log"
+touch "$STATE/$name.started"
+eval "need=\\${NEED_$name:-}"
+if [ -n "$need" ] && [ ! -e "$STATE/$need" ]; then
+    echo "started without $need"
+    exit 8
+fi
+eval "wait=\\${WAIT_$name:-}"
+if [ -n "$wait" ]; then
+    eval "limit=\\${STEPS_$name:-${STEPS:-200}}"
+    steps=0
+    while [ ! -e "$STATE/$wait" ]; do
+        steps=$((steps + 1))
+        if [ "$steps" -gt "$limit" ]; then
+            echo "no $wait"
+            exit 9
+        fi
+        sleep 0.05
+    done
+fi
+echo "building $tag"
+echo "warning from $name" >&2
+if [ "$code" = 0 ]; then touch "$STATE/$name.done"; fi
+exit "$code"
+"""
+
+
+@dataclasses.dataclass
+class DockerDouble:
+    """FAKE_DOCKER installed: `environ` finds it first on PATH."""
+
+    environ: dict[str, str]
+    state: Path
+
+    def started(self) -> list[str]:
+        """The names of the builds, in the order they started."""
+        log = self.state / "log"
+        return log.read_text().split() if log.exists() else []
+
+
+@pytest.fixture
+def docker(tmp_path: Path) -> DockerDouble:
+    """The environment for in-process builds: FAKE_DOCKER first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "docker"
+    script.write_text(FAKE_DOCKER)
+    script.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    environ = {"PATH": str(bin_dir) + os.pathsep + os.environ["PATH"]}
+    return DockerDouble({**environ, "STATE": str(state)}, state)
+
+
+def block(shown: str, reason: str = REASON_FORCED, output: bool = True) -> str:
+    """What a parallel build prints: its header, then FAKE_DOCKER's two
+    lines, prefixed."""
+    text = f"*** {shown}\nReason: {reason}\n\n"
+    if output:
+        tag = shown if ":" in shown.rpartition("/")[2] else shown + ":latest"
+        name = tag.rpartition("/")[2].partition(":")[0]
+        text += f"[{shown}] building {tag}\n[{shown}] warning from {name}\n"
+    return text
+
+
+def summary(built: str = "-", failed: str = "-", skipped: str = "-") -> str:
+    """The closing lines of a parallel run."""
+    return f"\nBuilt: {built}\nFailed: {failed}\nSkipped: {skipped}\n"
+
+
+@pytest.fixture
+def workdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """tmp_path as the tool's working directory, DOCKER_REPOSITORY=ghcr.io/o,
+    no logins and no registry look-up allowed; write(config, *dirs) writes
+    the configuration and a Dockerfile in each directory."""
+    for key in list(os.environ):
+        if key.startswith(("DOCKER_LOGIN", "DOCKER_REPOSITORY")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("DOCKER_REPOSITORY", "ghcr.io/o")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        load_tool().RegistryHost, "fetch_image", lambda *a: pytest.fail("look-up")
+    )
+
+    def write(config: str, *dirs: str) -> None:
+        for directory in dirs:
+            (tmp_path / directory).mkdir()
+            (tmp_path / directory / "Dockerfile").write_text("FROM alpine\n")
+        (tmp_path / "docker_images").write_text(config)
+
+    return write
+

@@ -1,0 +1,983 @@
+"""Stage: building. The docker command line of a target, the BuildRunner
+one build at a time and in parallel (what it prints, what docker is asked,
+the outcomes, the exit status and the closing message), builds killed by a
+signal or stopped by an interrupt, and the JSON document of the results.
+
+In-process tests use a shell script as docker (first on the PATH of the
+environment the runner hands to the builds); end-to-end tests run the tool
+against the registry with the docker double."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import jsonschema
+import pytest
+from conftest import (
+    BASE_LAYERS,
+    REASON_FORCED,
+    REASON_GIT,
+    T_COMMIT,
+    T_LATER,
+    World,
+    announced,
+    block,
+    chain,
+    check_schema,
+    expected_chain,
+    load_tool,
+    start_tool,
+    summary,
+    touch_root,
+    two_images,
+    wait_for_build,
+)
+
+db = load_tool()
+
+AMD = ("linux/amd64",)
+TWO = ("linux/amd64", "linux/arm64")
+GHCR = ["ghcr.io/o"]
+REPOS = ["docker.io/user", "ghcr.io/o"]
+FORCED = db.Cause(db.Reason.FORCED)
+
+
+def make_image(
+    name: str,
+    base: str = "NONE",
+    directory: str = "d",
+    options: tuple[str, ...] = (),
+    platforms: tuple[str, ...] = AMD,
+) -> db.Image:
+    return db.Image(
+        name,
+        db.image_add_tag(name),
+        directory,
+        db.image_add_tag(base),
+        options,
+        platforms,
+    )
+
+
+def decided(node: db.ImageNode, cause: db.Cause | None) -> db.ImagePlan:
+    """The same decision for every target of the image."""
+    return db.ImagePlan(node, tuple(db.Decision(t, cause) for t in node.targets))
+
+
+def plan_of(
+    images: Sequence[db.Image],
+    repositories: Sequence[str],
+    forced: Callable[[db.Image], bool],
+) -> db.Plan:
+    """The plan of the images in build order: the forced ones are rebuilt,
+    and so is every image built on a rebuilt one, each target naming its
+    own base."""
+    rebuilt: set[tuple[str, str, str]] = set()
+    planned = []
+    for node in db.build_order(db.image_graph(images, repositories, forced)):
+        if node.forced:
+            image_plan = decided(node, FORCED)
+        elif any(target.base_key in rebuilt for target in node.targets):
+            image_plan = db.ImagePlan(
+                node,
+                tuple(
+                    db.Decision(t, db.Cause(db.Reason.DEPENDENCY, t.base_name))
+                    for t in node.targets
+                ),
+            )
+        else:
+            image_plan = decided(node, None)
+        if image_plan.rebuild:
+            rebuilt.update(target.key for target in node.targets)
+        planned.append(image_plan)
+    return db.Plan(tuple(planned))
+
+
+def forced_plan(
+    spec: Iterable[tuple[str, str]],
+    repositories: Sequence[str] = GHCR,
+    forced: Sequence[str] | None = None,
+) -> db.Plan:
+    """A plan of the (name, base) images: all forced unless `forced` names
+    some (by their tagged names)."""
+    images = [make_image(name, base) for name, base in spec]
+    return plan_of(
+        images,
+        repositories,
+        lambda image: forced is None or image.tagged in forced,
+    )
+
+
+# One image, img in ghcr.io/o, built from the directory ctx.
+IMG = make_image("img", directory="ctx")
+IMG_NAME = "ghcr.io/o/img:latest"
+IMG_HEADER = announced("ghcr.io/o/img", REASON_FORCED)
+
+
+def img_plan() -> db.Plan:
+    return plan_of([IMG], GHCR, lambda image: True)
+
+
+def img_target() -> db.Target:
+    ((_node, decision),) = img_plan().rebuilds()
+    return decision.target
+
+
+@pytest.fixture
+def docker_script(tmp_path):
+    """Install `script` as the docker command; return the environment that
+    finds it first."""
+
+    def install(script: str) -> dict[str, str]:
+        bindir = tmp_path / "bin"
+        bindir.mkdir(exist_ok=True)
+        docker = bindir / "docker"
+        docker.write_text("#!/bin/sh\n" + script)
+        docker.chmod(0o755)
+        return {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+
+    return install
+
+
+def run_one_at_a_time(plan: db.Plan, environ, dry_run: bool = False):
+    return db.BuildRunner(1, environ, dry_run).run_builds(plan)
+
+
+def run_parallel(plan: db.Plan, workers: int, environ):
+    return db.BuildRunner(workers, environ, False).run_builds(plan)
+
+
+# ----------------------------------------------------------------------------
+# build_command: docker buildx build, options in order
+# ----------------------------------------------------------------------------
+
+
+def test_build_command_order():
+    image = make_image(
+        "img",
+        base="$DOCKER_REPOSITORY/base:latest",
+        directory="ctx/img",
+        options=("--platform=linux/amd64", "--no-cache"),
+    )
+    (target,) = db.image_targets(image, GHCR)
+    assert db.build_command(target) == [
+        "docker",
+        "buildx",
+        "build",
+        "--build-arg",
+        "DOCKER_REPOSITORY=ghcr.io/o",
+        "--platform=linux/amd64",
+        "--no-cache",
+        "--push",
+        "--tag",
+        "ghcr.io/o/img:latest",
+        "ctx/img",
+    ]
+
+
+def test_build_command_plain_base():
+    (target,) = db.image_targets(make_image("ghcr.io/o/img:1", "debian:12"), GHCR)
+    assert db.build_command(target) == [
+        "docker",
+        "buildx",
+        "build",
+        "--push",
+        "--tag",
+        "ghcr.io/o/img:1",
+        "d",
+    ]
+
+
+def test_options_order(world: World) -> None:
+    """Global options, then the image's own, as docker gets them."""
+    base = world.ref("base:1")
+    world.registry.push(base, T_COMMIT, BASE_LAYERS)
+    world.dockerfile("app", "$DOCKER_REPOSITORY/base:1")
+    world.dockerfile("tool", "scratch")
+    world.config(
+        "--platform=linux/amd64 --label 'a=b c'\t\t# global options",
+        "app\tapp\t$DOCKER_REPOSITORY/base:1\t--build-arg X=1 --pull",
+        "--no-cache",
+        "tool\ttool\tscratch",
+    )
+    world.commit()
+    world.run("--all")
+    app, tool = (call["argv"] for call in world.calls())
+    assert app == [
+        "buildx", "build",
+        "--build-arg", f"DOCKER_REPOSITORY={world.namespace}",
+        "--platform=linux/amd64", "--label", "a=b c",
+        "--build-arg", "X=1", "--pull",
+        "--push", "--tag", world.ref("app:latest"), "app",
+    ]  # fmt: skip
+    assert tool == [
+        "buildx", "build", "--no-cache",
+        "--push", "--tag", world.ref("tool:latest"), "tool",
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------
+# BuildRunner, one build at a time: docker writes to the terminal itself
+# ----------------------------------------------------------------------------
+
+
+def test_build_runs_command(capfd, docker_script):
+    environ = docker_script('echo "$K:" "$@"\n')
+    environ["K"] = "V"
+    report = run_one_at_a_time(img_plan(), environ)
+    assert report == db.BuildReport({IMG_NAME: db.Outcome(db.Result.BUILT, 0)}, 0)
+    assert capfd.readouterr().out == IMG_HEADER + (
+        "V: buildx build --push --tag ghcr.io/o/img:latest ctx\n\n"
+    )
+
+
+def test_build_runs_docker_in_a_session_of_its_own(capfd, docker_script):
+    environ = docker_script('ps -o sid= -p $$ | tr -d " "; echo $$\n')
+    assert run_one_at_a_time(img_plan(), environ).status == 0
+    out = capfd.readouterr().out
+    assert out.startswith(IMG_HEADER)
+    sid, pid, blank = out.removeprefix(IMG_HEADER).split("\n", 2)
+    assert (sid, blank) == (pid, "\n")
+    assert int(sid) != os.getsid(0)
+
+
+@pytest.mark.parametrize("code", [1, 3, 125, 255])
+def test_build_failure_exit_status(capfd, docker_script, code):
+    environ = docker_script(f"echo failing; exit {code}\n")
+    report = run_one_at_a_time(img_plan(), environ)
+    assert report == db.BuildReport(
+        {IMG_NAME: db.Outcome(db.Result.FAILED, code)}, code, None
+    )
+    assert capfd.readouterr().out == IMG_HEADER + "failing\n"  # no blank line
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "code"), [("TERM", 143), ("KILL", 137), ("INT", 130)]
+)
+def test_build_killed_by_a_signal(capfd, docker_script, signal_name, code):
+    environ = docker_script(f"kill -{signal_name} $$\nsleep 5\n")
+    report = run_one_at_a_time(img_plan(), environ)
+    signum = signal.Signals["SIG" + signal_name]
+    assert report == db.BuildReport(
+        {IMG_NAME: db.Outcome(db.Result.FAILED, code, signum=signum)},
+        code,
+        f"ghcr.io/o/img: docker was killed by SIG{signal_name}",
+    )
+    assert capfd.readouterr().out == IMG_HEADER
+
+
+def test_build_cannot_run_docker(tmp_path, capsys):
+    environ = {"PATH": str(tmp_path / "nobin")}
+    report = run_one_at_a_time(img_plan(), environ)
+    error = "Can't run docker: [Errno 2] No such file or directory: 'docker'"
+    assert report == db.BuildReport(
+        {IMG_NAME: db.Outcome(db.Result.FAILED, 1, error=error)}, 1, error
+    )
+    assert capsys.readouterr().out == IMG_HEADER
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_build_interrupted_stops_the_process_group(
+    tmp_path, capfd, docker_script, monkeypatch
+):
+    """An Interrupted while docker runs: its whole session gets SIGTERM, then
+    SIGKILL after BUILD_STOP_TIMEOUT; the run ends with 128 + the signal."""
+    pids = tmp_path / "pids"
+    environ = docker_script(f"trap '' TERM\nsleep 60 &\necho $$ $! > {pids}\nwait\n")
+    monkeypatch.setattr(db, "BUILD_STOP_TIMEOUT", 0.2)
+
+    def interrupt(signum, frame):
+        raise db.Interrupted(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        report = run_one_at_a_time(img_plan(), environ)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (report.message, report.status) == (
+        "Interrupted by SIGTERM: build of ghcr.io/o/img stopped",
+        143,
+    )
+    assert report.outcomes == {IMG_NAME: db.Outcome(db.Result.FAILED, 143)}
+    shell, sleeper = (int(pid) for pid in pids.read_text().split())
+    for pid in (shell, sleeper):  # both gone (the sleeper may be a zombie
+        # of init for a moment): no signal can reach a live process
+        deadline = time.monotonic() + 5
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_alive(pid)
+
+
+@pytest.mark.parametrize(
+    ("signum", "message"),
+    [
+        (9, "ghcr.io/o/img: docker was killed by SIGKILL"),
+        (15, "ghcr.io/o/img: docker was killed by SIGTERM"),
+        (2, "ghcr.io/o/img: docker was killed by SIGINT"),
+        (11, "ghcr.io/o/img: docker was killed by SIGSEGV"),
+    ],
+)
+def test_killed_message(signum, message):
+    assert db.killed_message(img_target(), signum) == message
+
+
+# ----------------------------------------------------------------------------
+# The sample plan: base (missing, two repositories), app (built on it), a
+# full name (forced), quiet (up to date)
+# ----------------------------------------------------------------------------
+
+DOC_REPOS = ["reg.example/a", "reg.example/b"]
+BASE = make_image("base", "alpine:3", directory="base", platforms=TWO)
+APP = make_image("app", "$DOCKER_REPOSITORY/base:latest", directory="app")
+FULL = make_image("ghcr.io/o/full:2", "debian:12", directory="full")
+QUIET = make_image("quiet", "alpine:3", directory="quiet")
+
+
+def sample_plan() -> db.Plan:
+    """base (rebuilt, two repositories), app (built on it), a full name
+    (rebuilt), quiet (up to date)."""
+    base, app, full, quiet = db.image_graph(
+        [BASE, APP, FULL, QUIET], DOC_REPOS, lambda image: image is FULL
+    )
+    assert app.bases == {0}
+    return db.Plan(
+        (
+            decided(base, db.Cause(db.Reason.MISSING)),
+            db.ImagePlan(
+                app,
+                tuple(
+                    db.Decision(t, db.Cause(db.Reason.DEPENDENCY, t.base_name))
+                    for t in app.targets
+                ),
+            ),
+            decided(full, FORCED),
+            decided(quiet, None),
+        )
+    )
+
+
+def test_rebuild_in_order_results(docker_script, tmp_path, capfd):
+    """One at a time, the first failure ends the run: the outcomes of the
+    builds tried, docker's exit status, no message."""
+    log = tmp_path / "built"
+    environ = docker_script(
+        'while [ $# -gt 0 ]; do [ "$1" = --tag ] && tag=$2; shift; done\n'
+        f'echo "$tag" >>{log}\n'
+        'if [ "$tag" = reg.example/b/base:latest ]; then exit 2; fi\n'
+    )
+    report = run_one_at_a_time(sample_plan(), environ)
+    assert (report.status, report.message) == (2, None)
+    assert log.read_text().split() == [
+        "reg.example/a/base:latest",
+        "reg.example/b/base:latest",
+    ]
+    assert report.outcomes == {
+        "reg.example/a/base:latest": db.Outcome(db.Result.BUILT, 0),
+        "reg.example/b/base:latest": db.Outcome(db.Result.FAILED, 2),
+    }
+    capfd.readouterr()
+
+
+def test_rebuild_in_order_dry_run_results(docker, capsys):
+    """A dry run prints every rebuild, builds nothing and has no outcomes."""
+    report = run_one_at_a_time(sample_plan(), docker.environ, dry_run=True)
+    assert report == db.BuildReport({}, 0, None)
+    assert docker.started() == []
+    assert capsys.readouterr().out == (
+        announced("reg.example/a/base", "Image missing in repository")
+        + announced("reg.example/b/base", "Image missing in repository")
+        + announced(
+            "reg.example/a/app",
+            "Base image will be rebuilt: reg.example/a/base:latest",
+        )
+        + announced(
+            "reg.example/b/app",
+            "Base image will be rebuilt: reg.example/b/base:latest",
+        )
+        + announced("ghcr.io/o/full:2", REASON_FORCED)
+    )
+
+
+def test_build_failure_exit_code(world: World) -> None:
+    two_images(world)
+    result = world.run("--all", env={"DOCKER_DOUBLE_FAIL": "one=3"})
+    assert result.returncode == 3
+    assert result.stderr == ""
+    assert result.stdout == announced(world.ref("one"), REASON_FORCED) + (
+        f"double: failed {world.ref('one:latest')}\n"
+    )
+    assert world.built() == [world.ref("one:latest")]
+
+
+def test_docker_missing(world: World) -> None:
+    world.dockerfile("app", "scratch")
+    world.config("app\tapp")
+    world.commit()
+    (world.bin / "docker").unlink()
+    env = {"PATH": f"{world.bin}:{os.path.dirname(sys.executable)}"}
+    result = world.run("--all", env=env)
+    assert result.returncode == 1
+    assert result.stdout == announced(world.ref("app"), REASON_FORCED)
+    assert result.stderr == (
+        "Can't run docker: [Errno 2] No such file or directory: 'docker'\n"
+    )
+
+
+def test_build_killed_by_a_signal_end_to_end(world: World) -> None:
+    world.up_to_date()
+    result = world.run("--all", env={"DOCKER_DOUBLE_SIGNAL": "app=SIGKILL"})
+    assert result.returncode == 128 + signal.SIGKILL
+    assert result.stderr == f"{world.ref('app')}: docker was killed by SIGKILL\n"
+
+
+def test_dependents_are_built_after_their_base(world: World) -> None:
+    chain(world)
+    touch_root(world)
+    result = world.run()
+    assert (result.returncode, result.stderr) == (0, "")
+    pushed = [world.ref(f"{name}:latest") for name in ("root", "middle", "tool")]
+    assert world.built() == pushed
+    blocks = expected_chain(world).split("\n\n")[:-1]
+    assert result.stdout == "".join(
+        f"{block}\n\ndouble: pushed {tag}\n\n"
+        for block, tag in zip(blocks, pushed, strict=True)
+    )
+    assert world.run().stdout == ""
+
+
+def test_failure_stops_a_sequential_run(world: World) -> None:
+    chain(world)
+    touch_root(world)
+    result = world.run(env={"DOCKER_DOUBLE_FAIL": "/root:=7"})
+    assert (result.returncode, result.stderr) == (7, "")
+    assert result.stdout == (
+        announced(world.ref("root"), REASON_GIT)
+        + f"double: failed {world.ref('root:latest')}\n"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Build jobs: one per target to rebuild, each after every target of the
+# images it is built on
+# ----------------------------------------------------------------------------
+
+
+def test_build_jobs_dependencies():
+    plan = forced_plan(
+        [
+            ("app", "$DOCKER_REPOSITORY/base"),
+            ("base", "NONE"),
+            ("tool", "NONE"),
+            ("top", "$DOCKER_REPOSITORY/app"),
+            ("two", "$DOCKER_REPOSITORY/base"),
+        ],
+        REPOS,
+    )
+    jobs = db.BuildRunner.build_jobs(plan)
+    shown = [job.target.shown_name for job in jobs]
+    assert shown == [
+        f"{repository}/{name}"
+        for name in ("base", "app", "tool", "top", "two")
+        for repository in REPOS
+    ]
+    by_name = {job.target.shown_name: job for job in jobs}
+
+    def after(name):
+        return [job.target.shown_name for job in by_name[name].after]
+
+    assert after("docker.io/user/base") == []
+    assert after("ghcr.io/o/tool") == []
+    # every target waits for every target of its base image
+    for repository in REPOS:
+        assert after(f"{repository}/app") == ["docker.io/user/base", "ghcr.io/o/base"]
+        assert after(f"{repository}/two") == ["docker.io/user/base", "ghcr.io/o/base"]
+        assert after(f"{repository}/top") == ["docker.io/user/app", "ghcr.io/o/app"]
+    # none has started or finished yet
+    assert {(job.outcome, job.running, job.cause) for job in jobs} == {
+        (None, False, FORCED)
+    }
+    assert by_name["ghcr.io/o/app"].after[1] is by_name["ghcr.io/o/base"]
+
+
+def test_build_jobs_each_target_names_its_own_base():
+    plan = forced_plan(
+        [("base", "NONE"), ("app", "$DOCKER_REPOSITORY/base")], REPOS, ["base:latest"]
+    )
+    jobs = db.BuildRunner.build_jobs(plan)
+    assert [(j.target.shown_name, j.cause.text) for j in jobs] == [
+        ("docker.io/user/base", REASON_FORCED),
+        ("ghcr.io/o/base", REASON_FORCED),
+        (
+            "docker.io/user/app",
+            "Base image will be rebuilt: docker.io/user/base:latest",
+        ),
+        ("ghcr.io/o/app", "Base image will be rebuilt: ghcr.io/o/base:latest"),
+    ]
+
+
+# ----------------------------------------------------------------------------
+# BuildRunner in parallel: prefixed output, a failure skips only what is
+# built on it, a summary closes the run
+# ----------------------------------------------------------------------------
+
+
+def same_lines(out: str, expected: str) -> None:
+    """Concurrent builds: the same lines, in some order."""
+    assert sorted(out.splitlines()) == sorted(expected.splitlines())
+
+
+def test_rebuild_in_parallel_dependent_after_its_base(docker, capsys):
+    """b, built on a, starts only once a is built; c runs beside them."""
+    plan = forced_plan(
+        [("a:0", "NONE"), ("b:0", "$DOCKER_REPOSITORY/a:0"), ("c:0", "NONE")],
+        forced=["a:0", "c:0"],
+    )
+    environ = {**docker.environ, "NEED_b": "a.done"}
+    report = run_parallel(plan, 2, environ)
+    assert (report.status, report.message) == (0, None)
+    out = capsys.readouterr().out
+    closing = summary("ghcr.io/o/a:0, ghcr.io/o/b:0, ghcr.io/o/c:0")
+    same_lines(
+        out,
+        block("ghcr.io/o/a:0")
+        + block("ghcr.io/o/b:0", "Base image will be rebuilt: ghcr.io/o/a:0")
+        + block("ghcr.io/o/c:0")
+        + closing,
+    )
+    assert out.endswith(closing)
+    started = docker.started()
+    assert sorted(started) == ["a", "b", "c"]
+    assert started.index("a") < started.index("b")
+
+
+def test_rebuild_in_parallel_failure_skips_dependents(docker, capsys):
+    """a fails: b and c (built on it) are skipped, d and e still run; the
+    exit status is a's, the first failure (e starts only when a is done:
+    d waits for e to start)."""
+    plan = forced_plan(
+        [
+            ("c:0", "$DOCKER_REPOSITORY/b:0"),
+            ("a:7", "NONE"),
+            ("b:0", "$DOCKER_REPOSITORY/a:7"),
+            ("d:0", "NONE"),
+            ("e:3", "NONE"),
+        ]
+    )
+    environ = {**docker.environ, "WAIT_d": "e.started"}
+    report = run_parallel(plan, 2, environ)
+    assert (report.status, report.message) == (7, None)
+    out = capsys.readouterr().out
+    closing = summary(
+        "ghcr.io/o/d:0",
+        "ghcr.io/o/a:7 (exit 7), ghcr.io/o/e:3 (exit 3)",
+        "ghcr.io/o/b:0, ghcr.io/o/c:0",
+    )
+    same_lines(
+        out,
+        block("ghcr.io/o/a:7")
+        + block("ghcr.io/o/d:0")
+        + block("ghcr.io/o/e:3")
+        + closing,
+    )
+    assert out.endswith(closing)
+    started = docker.started()
+    assert (sorted(started[:2]), started[2:]) == (["a", "d"], ["e"])
+    assert report.outcomes == {
+        "ghcr.io/o/a:7": db.Outcome(db.Result.FAILED, 7),
+        "ghcr.io/o/b:0": db.Outcome(db.Result.SKIPPED),
+        "ghcr.io/o/c:0": db.Outcome(db.Result.SKIPPED),
+        "ghcr.io/o/d:0": db.Outcome(db.Result.BUILT, 0),
+        "ghcr.io/o/e:3": db.Outcome(db.Result.FAILED, 3),
+    }
+
+
+def test_rebuild_in_parallel_concurrent_failure(docker, capsys):
+    plan = forced_plan(
+        [
+            ("a:7", "NONE"),
+            ("b:0", "$DOCKER_REPOSITORY/a:7"),
+            ("c:0", "$DOCKER_REPOSITORY/b:0"),
+            ("d:0", "NONE"),
+            ("e:0", "$DOCKER_REPOSITORY/d:0"),
+        ]
+    )
+    report = run_parallel(plan, 3, docker.environ)
+    assert (report.status, report.message) == (7, None)
+    out = capsys.readouterr().out
+    closing = summary(
+        "ghcr.io/o/d:0, ghcr.io/o/e:0",
+        "ghcr.io/o/a:7 (exit 7)",
+        "ghcr.io/o/b:0, ghcr.io/o/c:0",
+    )
+    expected = (
+        block("ghcr.io/o/a:7")
+        + block("ghcr.io/o/d:0")
+        + block("ghcr.io/o/e:0", "Rebuild triggered by command line")
+        + closing
+    )
+    same_lines(out, expected)
+    assert out.endswith(closing)
+    # each build's two lines stay together
+    assert (
+        "[ghcr.io/o/e:0] building ghcr.io/o/e:0\n[ghcr.io/o/e:0] warning from e\n"
+        in out
+    )
+    assert sorted(docker.started()) == ["a", "d", "e"]
+    assert docker.started().index("d") < docker.started().index("e")
+
+
+def test_rebuild_in_parallel_starts_dependent_as_soon_as_base_is_built(docker, capsys):
+    """With two workers: a and c run together (a waits until c has
+    started); b starts once a is built, while c still runs (c waits until
+    b has started)."""
+    plan = forced_plan(
+        [("a:0", "NONE"), ("b:0", "$DOCKER_REPOSITORY/a:0"), ("c:0", "NONE")]
+    )
+    environ = {
+        **docker.environ,
+        "WAIT_a": "c.started",
+        "NEED_b": "a.done",
+        "WAIT_c": "b.started",
+    }
+    report = run_parallel(plan, 2, environ)
+    assert (report.status, report.message) == (0, None)
+    out = capsys.readouterr().out
+    expected = (
+        block("ghcr.io/o/a:0")
+        + block("ghcr.io/o/b:0")
+        + block("ghcr.io/o/c:0")
+        + summary("ghcr.io/o/a:0, ghcr.io/o/b:0, ghcr.io/o/c:0")
+    )
+    same_lines(out, expected)
+    assert out.endswith(summary("ghcr.io/o/a:0, ghcr.io/o/b:0, ghcr.io/o/c:0"))
+    started = docker.started()
+    assert sorted(started) == ["a", "b", "c"]
+    assert started.index("a") < started.index("b")
+
+
+def test_rebuild_in_parallel_at_most_workers(docker, capsys):
+    """With two workers, c never runs while a and b do: a gives up waiting
+    for it; b, which waits longer, sees c start once a is done."""
+    plan = forced_plan([("a:0", "NONE"), ("b:0", "NONE"), ("c:0", "NONE")])
+    environ = {
+        **docker.environ,
+        "WAIT_a": "c.started",
+        "STEPS_a": "4",
+        "WAIT_b": "c.started",
+    }
+    report = run_parallel(plan, 2, environ)
+    assert (report.status, report.message) == (9, None)
+    out = capsys.readouterr().out
+    closing = summary("ghcr.io/o/b:0, ghcr.io/o/c:0", "ghcr.io/o/a:0 (exit 9)")
+    same_lines(
+        out,
+        "*** ghcr.io/o/a:0\nReason: Rebuild triggered by command line\n\n"
+        "[ghcr.io/o/a:0] no c.started\n"
+        + block("ghcr.io/o/b:0")
+        + block("ghcr.io/o/c:0")
+        + closing,
+    )
+    assert out.endswith(closing)
+    started = docker.started()
+    assert (sorted(started[:2]), started[2:]) == (["a", "b"], ["c"])
+
+
+def test_rebuild_in_parallel_every_repository(docker, capsys):
+    """A failure in one repository skips the dependents in all of them."""
+    plan = forced_plan(
+        [("a:4", "NONE"), ("b:0", "$DOCKER_REPOSITORY/a:4"), ("c", "NONE")], REPOS
+    )
+    report = run_parallel(plan, 2, docker.environ)
+    assert (report.status, report.message) == (4, None)
+    out = capsys.readouterr().out
+    closing = summary(
+        "docker.io/user/c, ghcr.io/o/c",
+        "docker.io/user/a:4 (exit 4), ghcr.io/o/a:4 (exit 4)",
+        "docker.io/user/b:0, ghcr.io/o/b:0",
+    )
+    same_lines(
+        out,
+        block("docker.io/user/a:4")
+        + block("ghcr.io/o/a:4")
+        + block("docker.io/user/c")
+        + block("ghcr.io/o/c")
+        + closing,
+    )
+    assert out.endswith(closing)
+    assert sorted(docker.started()) == ["a", "a", "c", "c"]
+
+
+def test_rebuild_in_parallel_cannot_run_docker(tmp_path, capsys):
+    plan = forced_plan([("a", "NONE"), ("b", "$DOCKER_REPOSITORY/a")])
+    environ = {"PATH": str(tmp_path)}
+    report = run_parallel(plan, 2, environ)
+    assert (report.status, report.message) == (1, None)
+    assert capsys.readouterr().out == (
+        "*** ghcr.io/o/a\nReason: Rebuild triggered by command line\n\n"
+        "[ghcr.io/o/a] Can't run docker: "
+        "[Errno 2] No such file or directory: 'docker'\n"
+        + summary("-", "ghcr.io/o/a (exit 1)", "ghcr.io/o/b")
+    )
+
+
+def test_rebuild_in_parallel_each_target_names_its_own_base(docker, capsys):
+    plan = forced_plan(
+        [("a", "NONE"), ("b", "$DOCKER_REPOSITORY/a")], REPOS, ["a:latest"]
+    )
+    report = run_parallel(plan, 2, docker.environ)
+    assert (report.status, report.message) == (0, None)
+    out = capsys.readouterr().out
+    closing = summary("docker.io/user/a, ghcr.io/o/a, docker.io/user/b, ghcr.io/o/b")
+    same_lines(
+        out,
+        block("docker.io/user/a")
+        + block("ghcr.io/o/a")
+        + block(
+            "docker.io/user/b", "Base image will be rebuilt: docker.io/user/a:latest"
+        )
+        + block("ghcr.io/o/b", "Base image will be rebuilt: ghcr.io/o/a:latest")
+        + closing,
+    )
+    assert out.endswith(closing)
+    assert docker.started() == ["a", "a", "b", "b"]
+
+
+def test_failed_base_skips_dependents(world: World) -> None:
+    chain(world)
+    touch_root(world)
+    world.write("other/new", "x\n")
+    world.commit(when=T_LATER)
+    env = {"DOCKER_DOUBLE_FAIL": "/root:=7"}
+    result = world.run("--build-jobs", "2", env=env)
+    assert (result.returncode, result.stderr) == (7, "")
+    assert sorted(world.built()) == [
+        world.ref("other:latest"),
+        world.ref("root:latest"),
+    ]
+    assert result.stdout.endswith(
+        "\nBuilt: " + world.ref("other")
+        + "\nFailed: " + world.ref("root") + " (exit 7)"
+        + "\nSkipped: " + world.ref("middle") + ", " + world.ref("tool") + "\n"
+    )  # fmt: skip
+    assert f"[{world.ref('root')}] double: failed {world.ref('root:latest')}\n" in (
+        result.stdout
+    )
+
+
+def test_independent_images_build_concurrently(world: World) -> None:
+    world.dockerfile("one", "scratch")
+    world.dockerfile("two", "scratch")
+    world.config("one\tone", "two\ttwo")
+    world.commit()
+    result = world.run("--build-jobs", "2", env={"DOCKER_DOUBLE_SLEEP": "1"})
+    assert (result.returncode, result.stderr) == (0, "")
+    one, two = world.calls()
+    assert one["start"] < two["end"] and two["start"] < one["end"]
+    assert result.stdout.endswith(
+        f"\nBuilt: {world.ref('one')}, {world.ref('two')}\nFailed: -\nSkipped: -\n"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Interrupts: running builds are stopped, 128 + the signal
+# ----------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("build_jobs", ["1", "2"])
+def test_interrupt_stops_the_build(world: World, signum: int, build_jobs: str) -> None:
+    world.up_to_date()
+    tool = start_tool(
+        world, "--all", "--build-jobs", build_jobs, env={"DOCKER_DOUBLE_SLEEP": "60"}
+    )
+    (pid,) = wait_for_build(world)
+    tool.send_signal(signum)
+    _, stderr = tool.communicate(timeout=30)
+    assert tool.returncode == 128 + signum
+    what = "build" if build_jobs == "1" else "builds"
+    name = signal.Signals(signum).name
+    assert stderr == f"Interrupted by {name}: {what} of {world.ref('app')} stopped\n"
+    assert not alive(pid)
+
+
+# ----------------------------------------------------------------------------
+# plan_document: the plan and its results as JSON
+# ----------------------------------------------------------------------------
+
+
+def entry(
+    name,
+    full_name,
+    repository,
+    directory,
+    base,
+    decision,
+    reason,
+    result,
+    exit_code,
+    platforms=AMD,
+):
+    return {
+        "name": name,
+        "full_name": full_name,
+        "repository": repository,
+        "directory": directory,
+        "base": base,
+        "platforms": list(platforms),
+        "decision": decision,
+        "reason": reason,
+        "result": result,
+        "exit_code": exit_code,
+    }
+
+
+DEP_A = "Base image will be rebuilt: reg.example/a/base:latest"
+DEP_B = "Base image will be rebuilt: reg.example/b/base:latest"
+
+
+def expected_images(results):
+    """The entries of sample_plan, with (result, exit_code) per full name."""
+    rows = [
+        ("base", "reg.example/a/base:latest", "reg.example/a", "base", "alpine:3",
+         "rebuild", "Image missing in repository", TWO),
+        ("base", "reg.example/b/base:latest", "reg.example/b", "base", "alpine:3",
+         "rebuild", "Image missing in repository", TWO),
+        ("app", "reg.example/a/app:latest", "reg.example/a", "app",
+         "reg.example/a/base:latest", "rebuild", DEP_A, AMD),
+        ("app", "reg.example/b/app:latest", "reg.example/b", "app",
+         "reg.example/b/base:latest", "rebuild", DEP_B, AMD),
+        ("ghcr.io/o/full:2", "ghcr.io/o/full:2", None, "full", "debian:12",
+         "rebuild", "Rebuild triggered by command line", AMD),
+        ("quiet", "reg.example/a/quiet:latest", "reg.example/a", "quiet",
+         "alpine:3", "up-to-date", None, AMD),
+        ("quiet", "reg.example/b/quiet:latest", "reg.example/b", "quiet",
+         "alpine:3", "up-to-date", None, AMD),
+    ]  # fmt: skip
+    return [
+        entry(*row[:7], *results.get(row[1], (None, None)), platforms=row[7])
+        for row in rows
+    ]
+
+
+def test_plan_document_dry_run():
+    document = db.plan_document(sample_plan(), {}, True)
+    assert document == {
+        "version": 1,
+        "dry_run": True,
+        "images": expected_images({}),
+    }
+    check_schema(document)
+
+
+def test_plan_document_built_failed_not_built():
+    """One at a time: what was not tried after a failure is not-built."""
+    outcomes = {
+        "reg.example/a/base:latest": db.Outcome(db.Result.BUILT, 0),
+        "reg.example/b/base:latest": db.Outcome(db.Result.FAILED, 2),
+    }
+    document = db.plan_document(sample_plan(), outcomes, False)
+    assert document == {
+        "version": 1,
+        "dry_run": False,
+        "images": expected_images(
+            {
+                "reg.example/a/base:latest": ("built", 0),
+                "reg.example/b/base:latest": ("failed", 2),
+                "reg.example/a/app:latest": ("not-built", None),
+                "reg.example/b/app:latest": ("not-built", None),
+                "ghcr.io/o/full:2": ("not-built", None),
+            }
+        ),
+    }
+    check_schema(document)
+
+
+def test_plan_document_parallel_results():
+    """In parallel: built, failed (killed by SIGKILL) and skipped, which
+    has no exit code."""
+    outcomes = {
+        "reg.example/a/base:latest": db.Outcome(db.Result.BUILT, 0),
+        "reg.example/b/base:latest": db.Outcome(db.Result.FAILED, 137, signum=9),
+        "reg.example/a/app:latest": db.Outcome(db.Result.BUILT, 0),
+        "reg.example/b/app:latest": db.Outcome(db.Result.SKIPPED),
+        "ghcr.io/o/full:2": db.Outcome(db.Result.BUILT, 0),
+    }
+    document = db.plan_document(sample_plan(), outcomes, False)
+    assert document == {
+        "version": 1,
+        "dry_run": False,
+        "images": expected_images(
+            {
+                "reg.example/a/base:latest": ("built", 0),
+                "reg.example/b/base:latest": ("failed", 137),
+                "reg.example/a/app:latest": ("built", 0),
+                "reg.example/b/app:latest": ("skipped", None),
+                "ghcr.io/o/full:2": ("built", 0),
+            }
+        ),
+    }
+    check_schema(document)
+
+
+def test_plan_document_is_json_and_schema_rejects_others():
+    document = db.plan_document(sample_plan(), {}, True)
+    assert json.loads(json.dumps(document)) == document
+    broken = json.loads(json.dumps(document))
+    broken["images"][0]["result"] = "done"
+    with pytest.raises(jsonschema.ValidationError):
+        check_schema(broken)
+
+
+def test_json_after_a_run(world: World) -> None:
+    world.up_to_date("app", "tool")
+    result = world.run(
+        "--all", "--output", "json", env={"DOCKER_DOUBLE_FAIL": "tool=5"}
+    )
+    assert result.returncode == 5
+    document = json.loads(result.stdout)
+    check_schema(document)
+    assert [(e["name"], e["result"], e["exit_code"]) for e in document["images"]] == [
+        ("app", "built", 0),
+        ("tool", "failed", 5),
+    ]
+    # the builds' own output went to stderr with the headers
+    assert f"double: pushed {world.ref('app:latest')}\n" in result.stderr
+    assert f"double: failed {world.ref('tool:latest')}\n" in result.stderr
+
+
+def test_json_parallel_run_reports_skipped(world: World) -> None:
+    world.up_to_date("root")
+    world.dockerfile("leaf", "$DOCKER_REPOSITORY/root")
+    world.config("root\troot", "leaf\tleaf")
+    world.commit()
+    env = {"DOCKER_DOUBLE_FAIL": "/root:=4"}
+    result = world.run("--all", "--json", "--build-jobs", "2", env=env)
+    assert result.returncode == 4
+    document = json.loads(result.stdout)
+    check_schema(document)
+    assert [(e["name"], e["result"], e["exit_code"]) for e in document["images"]] == [
+        ("root", "failed", 4),
+        ("leaf", "skipped", None),
+    ]

@@ -1,0 +1,597 @@
+"""Stage: command line. Argument parsing and its types, --help and
+--version, usage errors, exit statuses, --dir and --file, the lock on the
+configuration file, main() as a whole, --output json sending everything
+else to stderr, the progress line, and signals turned into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import (
+    BASE_LAYERS,
+    REASON_GIT,
+    REASON_MISSING,
+    ROOT,
+    T_COMMIT,
+    T_LATER,
+    TOOL,
+    World,
+    announced,
+    block,
+    check_schema,
+    fatal_message,
+    load_tool,
+    start_tool,
+    succeeded,
+    summary,
+    wait_for_build,
+)
+
+db = load_tool()
+
+
+# ----------------------------------------------------------------------------
+# Argument types
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value"), [("1", 1), ("8", 8), ("12", 12)])
+def test_positive_int(text, value):
+    assert db.positive_int(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "x", "", "1.5", "-0"])
+def test_positive_int_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError) as error:
+        db.positive_int(text)
+    assert str(error.value) == f"not a positive whole number: '{text}'"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2.5", 2.5), ("1", 1.0), ("1e-3", 0.001), (" 7 ", 7.0), ("0.01", 0.01)],
+)
+def test_positive_float(text, expected):
+    assert db.positive_float(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "-0.5", "0.0", "abc", "", "nan", "1s"])
+def test_positive_float_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        db.positive_float(text)
+    assert str(info.value) == f"not a number of seconds up to a day: '{text}'"
+
+
+@pytest.mark.parametrize("text", ["inf", "1e400"])
+def test_positive_float_rejects_infinity(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        db.positive_float(text)
+
+
+# ----------------------------------------------------------------------------
+# The parser
+# ----------------------------------------------------------------------------
+
+
+def test_parser_defaults_and_options():
+    parser = db.build_parser()
+    args = parser.parse_args([])
+    assert (args.build_jobs, args.explain) == (1, False)
+    args = parser.parse_args(["--build-jobs", "3", "-v", "img"])
+    assert (args.build_jobs, args.explain, args.image) == (3, True, ["img"])
+    assert parser.parse_args(["--explain"]).explain is True
+
+
+def test_parser_jobs_and_no_cache():
+    parser = db.build_parser()
+    args = parser.parse_args([])
+    assert (args.jobs, args.no_cache) == (8, False)
+    args = parser.parse_args(["--jobs", "3", "--no-cache"])
+    assert (args.jobs, args.no_cache) == (3, True)
+    assert parser.parse_args(["-j", "1"]).jobs == 1
+    assert parser.parse_args(["-j2"]).jobs == 2
+
+
+def test_json_is_output_json():
+    parser = db.build_parser()
+    short = parser.parse_args(["--json", "-n"])
+    long = parser.parse_args(["--output", "json", "-n"])
+    equals = parser.parse_args(["--output=json", "-n"])
+    assert short == long == equals
+    assert short.output == "json"
+    assert parser.parse_args([]).output == "text"
+    assert parser.parse_args(["--output", "text"]).output == "text"
+    # the last one given wins, as for any argparse option
+    assert parser.parse_args(["--json", "--output", "text"]).output == "text"
+    assert parser.parse_args(["--output", "text", "--json"]).output == "json"
+
+
+# ----------------------------------------------------------------------------
+# --help and --version
+# ----------------------------------------------------------------------------
+
+
+def test_main_help(capsys, monkeypatch):
+    """The help is the README's usage section, word for word."""
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as info:
+        db.main(["--help"])
+    assert info.value.code == 0
+    readme = (ROOT / "README.md").read_text()
+    usage = readme.split("## Usage\n\n```\n", 1)[1].split("```\n", 1)[0]
+    out = capsys.readouterr().out
+    assert out == usage
+    assert out.startswith("usage: docker_build [--help] [--all] [--dir DIR]")
+    assert (
+        "  --explain, -v         print the evidence for every image on stderr\n" in out
+    )
+
+
+@pytest.mark.parametrize("option", ["-h", "-?"])
+def test_main_help_short(capsys, option):
+    with pytest.raises(SystemExit) as info:
+        db.main([option])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: docker_build [--help]")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        db.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr() == ("docker_build 0.1.0\n", "")
+
+
+def test_version_is_the_project_version() -> None:
+    result = subprocess.run([str(TOOL), "--version"], capture_output=True, text=True)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    version = re.search(r'^version = "(.*)"$', pyproject, re.M)
+    assert version
+    assert (result.returncode, result.stdout) == (0, f"docker_build {version[1]}\n")
+
+
+# ----------------------------------------------------------------------------
+# Usage errors: exit status 2
+# ----------------------------------------------------------------------------
+
+
+WHOLE = "not a positive whole number"
+SECONDS = "not a number of seconds up to a day"
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--jobs", "0"], f"argument --jobs/-j: {WHOLE}: '0'"),
+        (["-j", "0"], f"argument --jobs/-j: {WHOLE}: '0'"),
+        (["--build-jobs", "0"], f"argument --build-jobs: {WHOLE}: '0'"),
+        (["--build-jobs", "x"], f"argument --build-jobs: {WHOLE}: 'x'"),
+        (["--timeout", "0"], f"argument --timeout: {SECONDS}: '0'"),
+        (["--timeout", "x"], f"argument --timeout: {SECONDS}: 'x'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_main_usage_error(capsys, argv, error):
+    with pytest.raises(SystemExit) as info:
+        db.main(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.endswith(f"docker_build: error: {error}\n")
+
+
+def test_output_xml_is_a_usage_error(capsys):
+    reference = argparse.ArgumentParser(prog="docker_build")
+    reference.add_argument("--output", choices=("text", "json"))
+    with pytest.raises(SystemExit):
+        reference.parse_args(["--output", "xml"])
+    expected = capsys.readouterr().err.splitlines()[-1]
+    with pytest.raises(SystemExit) as info:
+        db.main(["--output", "xml"])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[-1] == expected
+    assert expected.startswith("docker_build: error: argument --output: ")
+
+
+def test_exit_status_2(world: World) -> None:
+    result = world.run("--no-such-option")
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        "docker_build: error: unrecognized arguments: --no-such-option\n"
+    )
+
+
+# ----------------------------------------------------------------------------
+# main: errors are one line and exit status 1
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """tmp_path as the working directory, with docker_images holding the
+    name-only image img (directory d), and no DOCKER_LOGIN* or
+    DOCKER_REPOSITORY."""
+    for key in list(os.environ):
+        if key.startswith(("DOCKER_LOGIN", "DOCKER_REPOSITORY")):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "Dockerfile").write_text("FROM alpine\n")
+    (tmp_path / "docker_images").write_text("img\td\n")
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        (
+            {},
+            ["-f", "nofile"],
+            "Can't read images file: [Errno 2] No such file or directory: 'nofile'",
+        ),
+        # DOCKER_REPOSITORY is checked before the logins and the file
+        (
+            {"DOCKER_REPOSITORY": "a___b", "DOCKER_LOGIN": "x"},
+            ["-f", "nofile"],
+            "DOCKER_REPOSITORY: a___b: invalid reference format",
+        ),
+        (
+            {"DOCKER_LOGIN": "x"},
+            ["-C", "nodir"],
+            "DOCKER_LOGIN requires 3 fields: registry user password",
+        ),
+        (
+            {},
+            ["-C", "no", "-C", "dir"],
+            "Can't change directory: [Errno 2] No such file or directory: 'no/dir'",
+        ),
+        # unknown command line images before the missing DOCKER_REPOSITORY
+        ({}, ["other"], "Image other not found in 'docker_images' configuration file"),
+        ({}, [], "img: Environment variable DOCKER_REPOSITORY is not defined"),
+    ],
+)
+def test_main_fatal_errors(clean_env, monkeypatch, capsys, env, argv, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert db.main(argv) == 1
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", message + "\n")
+
+
+def test_main_dependency_cycle(workdir, capsys):
+    workdir("a\ta\t$DOCKER_REPOSITORY/b\nb\tb\t$DOCKER_REPOSITORY/a\n", "a", "b")
+    assert db.main(["-n", "-a"]) == 1
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "Dependency cycle: a -> b -> a\n")
+
+
+def test_exit_status_0(world: World) -> None:
+    world.up_to_date()
+    assert world.run().returncode == 0
+
+
+def test_exit_status_1(world: World) -> None:
+    world.config("app\tmissing")
+    result = world.run()
+    assert (result.returncode, result.stderr) == (
+        1,
+        "docker_images line 1: unknown directory 'missing'\n",
+    )
+
+
+# ----------------------------------------------------------------------------
+# main: a failed build's exit status
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_main_real_run_failure(workdir, docker, monkeypatch, capsys, jobs):
+    """A failed base: its dependent is never built; docker's exit status."""
+    workdir("b\tb\t$DOCKER_REPOSITORY/a:6\na:6\ta\tNONE\n", "a", "b")
+    for key, value in docker.environ.items():
+        monkeypatch.setenv(key, value)
+    assert db.main(["-a", "--build-jobs", jobs]) == 6
+    out = capsys.readouterr().out
+    assert out.startswith(block("ghcr.io/o/a:6", output=False))
+    assert docker.started() == ["a"]
+    if jobs == "2":
+        assert out.endswith(summary("-", "ghcr.io/o/a:6 (exit 6)", "ghcr.io/o/b"))
+
+
+def test_exit_status_of_a_failed_build(world: World) -> None:
+    world.up_to_date()
+    assert world.run("--all", env={"DOCKER_DOUBLE_FAIL": "app=42"}).returncode == 42
+
+
+# ----------------------------------------------------------------------------
+# main: dry runs, --dir and --file
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jobs", [[], ["--build-jobs", "4"]])
+def test_main_dry_run_propagates(workdir, capsys, jobs):
+    workdir("app\tapp\t$DOCKER_REPOSITORY/base\nbase\tbase\tNONE\n", "app", "base")
+    assert db.main(["-n", *jobs, "base"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == (
+        "*** ghcr.io/o/base\nReason: Rebuild triggered by command line\n\n"
+        "*** ghcr.io/o/app\n"
+        "Reason: Base image will be rebuilt: ghcr.io/o/base:latest\n\n"
+    )
+    assert captured.err == ""
+
+
+def test_main_dry_run_explain(workdir, capsys):
+    workdir("app\tapp\t$DOCKER_REPOSITORY/base\nbase\tbase\tNONE\n", "app", "base")
+    assert db.main(["-n", "-v", "base"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "ghcr.io/o/base: not checked; Rebuild triggered by command line\n"
+        "ghcr.io/o/app: not checked; "
+        "Base image will be rebuilt: ghcr.io/o/base:latest\n"
+    )
+
+
+def test_main_dry_run_all(clean_env, monkeypatch, capsys, tmp_path):
+    """--dir parts are joined, --file is read there; every repository of
+    DOCKER_REPOSITORY gets the image; nothing is looked up."""
+    monkeypatch.setenv("DOCKER_REPOSITORY", "User ghcr.io/o")
+    monkeypatch.setenv("DOCKER_LOGIN_A", "ghcr.io u p")
+    monkeypatch.setattr(
+        db.RegistryHost, "fetch_image", lambda *a: pytest.fail("lookup")
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "imgs").write_text("tool:2\t../d\tNONE\n")
+    assert db.main(["-n", "-a", "--dir", "sub", "--file", "imgs"]) == 0
+    assert capsys.readouterr().out == (
+        "*** user/tool:2\nReason: Rebuild triggered by command line\n\n"
+        "*** ghcr.io/o/tool:2\nReason: Rebuild triggered by command line\n\n"
+    )
+
+
+def test_file_and_dir_options(world: World) -> None:
+    base = world.ref("base:1")
+    world.registry.push(base, T_COMMIT, BASE_LAYERS)
+    world.dockerfile("sub/dir/app", base)
+    world.config("app\tapp", name="sub/dir/images.conf")
+    world.commit()
+    result = world.run("-C", "sub", "--dir", "dir", "-f", "images.conf", "-n")
+    succeeded(result, announced(world.ref("app"), REASON_MISSING))
+
+
+# ----------------------------------------------------------------------------
+# The configuration lock: one run builds from a file at a time
+# ----------------------------------------------------------------------------
+
+
+def test_lock_configuration(tmp_path):
+    path = tmp_path / "docker_images"
+    path.write_text("img\td\n")
+    first = db.lock_configuration(str(path), False)
+    assert first is not None and not first.closed
+    assert fatal_message(db.lock_configuration, str(path), False) == (
+        f"{path}: another docker_build run is using it"
+    )
+    first.close()  # a closed handle releases the lock
+    second = db.lock_configuration(str(path), False)
+    assert second is not None
+    second.close()
+
+
+def test_lock_configuration_waits(tmp_path):
+    path = str(tmp_path / "docker_images")
+    with open(path, "w") as config:
+        config.write("img\td\n")
+    first = db.lock_configuration(path, True)
+    got = []
+    waiter = threading.Thread(
+        target=lambda: got.append(db.lock_configuration(path, True))
+    )
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and got == []  # still waiting
+    first.close()
+    waiter.join(5)
+    assert not waiter.is_alive() and got[0] is not None
+    got[0].close()
+
+
+def test_lock_configuration_missing_file(tmp_path):
+    assert db.lock_configuration(str(tmp_path / "missing"), False) is None
+    assert db.lock_configuration(str(tmp_path / "missing"), True) is None
+
+
+def test_main_no_wait_while_another_run_builds(clean_env, capsys, tmp_path):
+    held = db.lock_configuration(str(tmp_path / "docker_images"), False)
+    try:
+        assert db.main(["--no-wait", "-a"]) == 1
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == (
+            "",
+            "docker_images: another docker_build run is using it\n",
+        )
+    finally:
+        held.close()
+
+
+def test_main_dry_run_does_not_lock(clean_env, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("DOCKER_REPOSITORY", "user")
+    held = db.lock_configuration(str(tmp_path / "docker_images"), False)
+    try:
+        assert db.main(["-n", "--no-wait", "-a"]) == 0
+    finally:
+        held.close()
+    assert capsys.readouterr().out == (
+        "*** user/img\nReason: Rebuild triggered by command line\n\n"
+    )
+
+
+def test_main_releases_the_lock(clean_env, monkeypatch, tmp_path):
+    """The lock is held while building, and free after the run."""
+    monkeypatch.setenv("DOCKER_REPOSITORY", "user")
+    monkeypatch.setattr(db.RegistryHost, "fetch_image", lambda *a: None)
+    seen = []
+
+    def run_builds(runner, plan):
+        seen.append(db.lock_configuration(str(tmp_path / "docker_images"), False))
+
+    monkeypatch.setattr(db.BuildRunner, "run_builds", run_builds)
+    args = db.build_parser().parse_args(["-a", "--no-wait"])
+    with pytest.raises(db.Fatal):  # held while building
+        db.DockerBuild(args, os.environ).run()
+    assert seen == []
+    # after the run: free
+    db.lock_configuration(str(tmp_path / "docker_images"), False).close()
+
+
+def test_overlapping_runs(world: World) -> None:
+    world.up_to_date()
+    first = start_tool(world, "--all", env={"DOCKER_DOUBLE_SLEEP": "3"})
+    wait_for_build(world)
+    result = world.run("--all", "--no-wait")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "docker_images: another docker_build run is using it\n"
+    second = start_tool(world, "--all")
+    assert first.wait(timeout=60) == 0
+    assert second.wait(timeout=60) == 0
+    one, two = world.calls()
+    assert two["start"] >= one["end"]
+    # a dry run does not wait
+    assert world.run("-n", "--no-wait").returncode == 0
+
+
+def test_lock_of_a_killed_run_is_gone(world: World) -> None:
+    world.up_to_date()
+    first = start_tool(world, "--all", env={"DOCKER_DOUBLE_SLEEP": "60"})
+    (pid,) = wait_for_build(world)
+    first.kill()
+    first.wait()
+    os.kill(pid, signal.SIGKILL)  # a killed run cannot stop its build
+    result = world.run("--all", "--no-wait")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+# ----------------------------------------------------------------------------
+# Output to stderr: --output json, the progress line
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.also_sequential
+def test_json_dry_run(world: World) -> None:
+    base = world.up_to_date("app", "tool")
+    world.write("tool/new", "x\n")
+    world.commit(when=T_LATER)
+    result = world.run("-n", "--json")
+    assert result.returncode == 0
+    document = json.loads(result.stdout)
+    check_schema(document)
+    entry = {
+        "name": "app",
+        "full_name": world.ref("app:latest"),
+        "repository": world.namespace,
+        "directory": "app",
+        "base": base,
+        "platforms": ["linux/amd64"],
+        "decision": "up-to-date",
+        "reason": None,
+        "result": None,
+        "exit_code": None,
+    }
+    assert document == {
+        "version": 1,
+        "dry_run": True,
+        "images": [
+            entry,
+            {
+                **entry,
+                "name": "tool",
+                "full_name": world.ref("tool:latest"),
+                "directory": "tool",
+                "decision": "rebuild",
+                "reason": REASON_GIT,
+            },
+        ],
+    }
+    assert result.stderr == announced(world.ref("tool"), REASON_GIT)
+
+
+@pytest.mark.also_sequential
+def test_progress_on_a_terminal(world: World) -> None:
+    world.up_to_date("app", "tool")
+    controller, terminal = pty.openpty()
+    tool = subprocess.Popen(
+        [sys.executable, str(TOOL), *world.options],
+        cwd=world.root,
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    stdout, _ = tool.communicate(timeout=60)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    assert (tool.returncode, stdout) == (0, b"")
+    # 3 look-ups (base, app, tool) and 2 git queries
+    assert b"\rdocker_build: checking 1/5\x1b[K" in seen
+    assert seen.endswith(b"\r\x1b[K")
+
+
+# ----------------------------------------------------------------------------
+# Signals: SIGINT and SIGTERM end the run with 128 + N
+# ----------------------------------------------------------------------------
+
+
+def test_raise_interrupted():
+    with pytest.raises(db.Interrupted) as info:
+        db.raise_interrupted(signal.SIGTERM, None)
+    assert (info.value.signum, info.value.name) == (signal.SIGTERM, "SIGTERM")
+
+
+def test_catch_signals_outside_the_main_thread():
+    found = []
+    worker = threading.Thread(target=lambda: found.append(db.catch_signals()))
+    worker.start()
+    worker.join()
+    assert found == [{}]
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+)
+def test_main_interrupted(monkeypatch, capsys, signum, code):
+    """A signal during the run: one line, 128 + N; the handlers are restored."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    during = []
+
+    def run(self):
+        during.append([signal.getsignal(sig) for sig in before])
+        os.kill(os.getpid(), signum)
+        time.sleep(5)
+        pytest.fail("not interrupted")
+
+    monkeypatch.setattr(db.DockerBuild, "run", run)
+    assert db.main([]) == code
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == (
+        "",
+        f"docker_build: interrupted by {signal.Signals(signum).name}\n",
+    )
+    assert during == [[db.raise_interrupted, db.raise_interrupted]]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
