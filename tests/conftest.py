@@ -748,4 +748,3 @@ def workdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         (tmp_path / "docker_images").write_text(config)
 
     return write
-

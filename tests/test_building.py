@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -193,6 +194,35 @@ def test_build_command_plain_base():
     ]
 
 
+def test_build_command_with_inputs():
+    """The label recording the inputs comes after the options, before
+    --push; without inputs there is none."""
+    image = make_image("img", directory="ctx/img", options=("--no-cache",))
+    (target,) = db.image_targets(image, GHCR)
+    inputs = db.Inputs("sha256:c", "sha256:o", {"ghcr.io/o/tool:1": "sha256:t"})
+    assert db.build_command(target, inputs) == [
+        "docker", "buildx", "build", "--no-cache",
+        "--label",
+        'docker_build.inputs={"context":"sha256:c",'
+        '"images":{"ghcr.io/o/tool:1":"sha256:t"},"options":"sha256:o","version":1}',
+        "--push", "--tag", "ghcr.io/o/img:latest", "ctx/img",
+    ]  # fmt: skip
+    assert db.build_command(target, None) == db.build_command(target) == [
+        "docker", "buildx", "build", "--no-cache",
+        "--push", "--tag", "ghcr.io/o/img:latest", "ctx/img",
+    ]  # fmt: skip
+
+
+def inputs_label(option: str) -> dict:
+    """The JSON of a `docker_build.inputs=...` label option; its context
+    is a sha256 digest."""
+    name, _, value = option.partition("=")
+    assert name == "docker_build.inputs"
+    inputs = json.loads(value)
+    assert re.fullmatch("sha256:[0-9a-f]{64}", inputs["context"])
+    return inputs
+
+
 def test_options_order(world: World) -> None:
     """Global options, then the image's own, as docker gets them."""
     base = world.ref("base:1")
@@ -208,17 +238,35 @@ def test_options_order(world: World) -> None:
     world.commit()
     world.run("--all")
     app, tool = (call["argv"] for call in world.calls())
+    app_label, tool_label = app[11], tool[4]
     assert app == [
         "buildx", "build",
         "--build-arg", f"DOCKER_REPOSITORY={world.namespace}",
         "--platform=linux/amd64", "--label", "a=b c",
         "--build-arg", "X=1", "--pull",
+        "--label", app_label,
         "--push", "--tag", world.ref("app:latest"), "app",
     ]  # fmt: skip
     assert tool == [
         "buildx", "build", "--no-cache",
+        "--label", tool_label,
         "--push", "--tag", world.ref("tool:latest"), "tool",
     ]  # fmt: skip
+    # the tool's own label, after the options, records them as given
+    app_inputs, tool_inputs = (inputs_label(label) for label in (app_label, tool_label))
+    assert app_inputs == {
+        "version": 1,
+        "context": app_inputs["context"],
+        "options": db.options_digest(app[2:10]),
+        "images": {},
+    }
+    assert tool_inputs == {
+        "version": 1,
+        "context": tool_inputs["context"],
+        "options": db.options_digest(["--no-cache"]),
+        "images": {},
+    }
+    assert app_inputs["context"] != tool_inputs["context"]
 
 
 # ----------------------------------------------------------------------------
@@ -594,8 +642,9 @@ def test_rebuild_in_parallel_failure_skips_dependents(docker, capsys):
         + closing,
     )
     assert out.endswith(closing)
-    started = docker.started()
-    assert (sorted(started[:2]), started[2:]) == (["a", "d"], ["e"])
+    # d waiting for e, with two workers, shows that e ran while d did;
+    # the order the builds write their start in is not fixed
+    assert sorted(docker.started()) == ["a", "d", "e"]
     assert report.outcomes == {
         "ghcr.io/o/a:7": db.Outcome(db.Result.FAILED, 7),
         "ghcr.io/o/b:0": db.Outcome(db.Result.SKIPPED),
@@ -838,6 +887,7 @@ def entry(
     result,
     exit_code,
     platforms=AMD,
+    inputs=None,
 ):
     return {
         "name": name,
@@ -850,6 +900,7 @@ def entry(
         "reason": reason,
         "result": result,
         "exit_code": exit_code,
+        "inputs": inputs or {"recorded": None, "current": None},
     }
 
 
@@ -938,6 +989,50 @@ def test_plan_document_parallel_results():
             }
         ),
     }
+    check_schema(document)
+
+
+def test_plan_document_inputs():
+    """recorded: the image's label (null without one); current: what its
+    build records, else what the check compared with (null when not
+    asked)."""
+    quiet, full = db.image_graph([QUIET, FULL], DOC_REPOS, lambda image: image is FULL)
+    recorded = db.Inputs("sha256:c", "sha256:o", {})
+    current = db.Inputs("sha256:d", "sha256:o", {"alpine:3": None})
+    checked = db.Evidence(
+        db.Cause(db.Reason.CONTEXT), 1.0, True, recorded=recorded, current=current
+    )
+    same = db.Evidence(None, 1.0, True, recorded=recorded, current=recorded)
+    made = db.Plan(
+        (
+            db.ImagePlan(
+                quiet,
+                (
+                    db.Decision(quiet.targets[0], db.Cause(db.Reason.CONTEXT), checked),
+                    db.Decision(quiet.targets[1], None, same),
+                ),
+            ),
+            db.ImagePlan(full, (db.Decision(full.targets[0], FORCED, inputs=current),)),
+        )
+    )
+    document = db.plan_document(made, {}, True)
+    recorded_json = {
+        "version": 1,
+        "context": "sha256:c",
+        "options": "sha256:o",
+        "images": {},
+    }
+    current_json = {
+        "version": 1,
+        "context": "sha256:d",
+        "options": "sha256:o",
+        "images": {"alpine:3": None},
+    }
+    assert [entry["inputs"] for entry in document["images"]] == [
+        {"recorded": recorded_json, "current": current_json},
+        {"recorded": recorded_json, "current": recorded_json},
+        {"recorded": None, "current": current_json},
+    ]
     check_schema(document)
 
 

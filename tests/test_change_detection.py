@@ -1,19 +1,25 @@
 """Change detection: when a build directory last changed. The rules of
 .dockerignore, the file times of the build context, git's view of the
 directory (the last commit touching it when clean, the times of what the
-build would get when dirty), ContextChanges asking once per image, and
-end-to-end runs that rebuild (or not) because of a change of the context.
+build would get when dirty): the fallback for images without a record of
+their inputs. The digest of a build context (git blob ids, FileHashes, the
+work tree's index), ContextChanges asking once per image and git once per
+work tree, and end-to-end runs that rebuild (or not) because of a change
+of the context, by times or by recorded inputs.
 
 Unit tests use real git repositories in tmp_path."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
+import imagetools
 import pytest
 from conftest import (
     BASE_LAYER,
@@ -308,6 +314,25 @@ def test_context_change_clean_git(two_commits, environ):
     assert db.context_change(two, environ) == by_commit(1700000000)
 
 
+def test_context_change_merge_of_an_old_commit(two_commits, environ):
+    """A merge that brings an older branch commit into the directory
+    counts by its own date (git log --show-pulls)."""
+    git(two_commits, "checkout", "-q", "-b", "topic")
+    (two_commits / "one" / "file").write_text("x")
+    git(two_commits, "add", "one")
+    git(two_commits, "commit", "-q", "-m", "old", date="@1600000100 +0000")
+    git(two_commits, "checkout", "-q", "main")
+    (two_commits / "elsewhere").write_text("y")
+    git(two_commits, "add", "elsewhere")
+    git(two_commits, "commit", "-q", "-m", "main", date="@1700000100 +0000")
+    git(
+        two_commits, "merge", "-q", "--no-ff", "-m", "merge", "topic",
+        date="@1800000000 +0000",
+    )  # fmt: skip
+    one = image_of(two_commits / "one", "one")
+    assert db.context_change(one, environ) == by_commit(1800000000)
+
+
 def test_context_change_dirty_git(two_commits, environ):
     (two_commits / "one" / "Dockerfile").write_text("FROM debian\n")
     set_tree_mtime(two_commits / "one", 1650000000)
@@ -375,6 +400,7 @@ def test_context_change_clean(repo, environ):
 
 def test_git_context_mtime_counts_untracked(repo, environ):
     touch(repo / "ctx" / "new", 3000)
+    os.utime(repo / "ctx", (1, 2000))
     image = image_of(repo / "ctx")
     assert (
         db.git_context_mtime(image, status(repo / "ctx", environ).stdout, environ)
@@ -383,10 +409,38 @@ def test_git_context_mtime_counts_untracked(repo, environ):
     assert db.context_change(image, environ) == by_files(3000)
 
 
+@pytest.mark.parametrize(
+    ("new", "directory"),
+    [("ctx/new", "ctx"), ("ctx/sub/new", "ctx/sub"), ("ctx/n/e/w", "ctx/n/e")],
+)
+def test_git_context_mtime_new_file_counts_by_its_directory(
+    repo, environ, new, directory
+):
+    """A new (untracked) file copied with an old time counts by its
+    directory's time (the build directory itself for a file at its top)."""
+    touch(repo / new, 1000)
+    set_tree_mtime(repo / "ctx", 1000)
+    os.utime(repo / directory, (1, 4000))
+    assert db.context_change(image_of(repo / "ctx"), environ) == by_files(4000)
+
+
+def test_git_context_mtime_tracked_directory_time_does_not_count(repo, environ):
+    """A modified tracked file does not make its directory's time count."""
+    (repo / "ctx" / "sub" / "tracked").write_text("changed")
+    set_tree_mtime(repo / "ctx", 1000)
+    os.utime(repo / "ctx" / "sub" / "tracked", (1, 2000))
+    os.utime(repo / "ctx" / "sub", (1, 4000))
+    os.utime(repo / "ctx", (1, 4000))
+    assert db.context_change(image_of(repo / "ctx"), environ) == by_files(2000)
+
+
 def test_git_context_mtime_git_ignored_does_not_count(repo, environ):
-    touch(repo / "ctx" / "new", 3000)
+    """Ignored files do not count, nor the time of a directory that holds
+    no new file (the new file is in sub/, the ignored ones at the top)."""
+    touch(repo / "ctx" / "sub" / "new", 3000)
     touch(repo / "ctx" / "x.tmp", 9000)
     touch(repo / "ctx" / "build" / "out", 9000)
+    os.utime(repo / "ctx" / "sub", (1, 3000))
     os.utime(repo / "ctx" / "build", (1, 9000))
     os.utime(repo / "ctx", (1, 9500))  # nor the directory's own time
     assert db.context_change(image_of(repo / "ctx"), environ) == by_files(3000)
@@ -397,6 +451,7 @@ def test_git_context_mtime_dockerignored_does_not_count(repo, environ):
     touch(repo / "ctx" / "notes.md", 8000)
     touch(repo / "ctx" / "sub" / "tracked", 7000)
     touch(repo / "ctx" / ".dockerignore", 2000, "*.md\nsub/\n")
+    os.utime(repo / "ctx", (1, 2500))  # new files are in it: it counts
     assert db.context_change(image_of(repo / "ctx"), environ) == by_files(3000)
 
 
@@ -453,11 +508,14 @@ def test_git_context_mtime_deleted_file_in_a_directory_with_a_space(repo, enviro
 
 
 def test_context_change_directory_without_tracked_files(repo, environ):
-    """Untracked files only: dirty, the files count."""
+    """Untracked files only: dirty, the files count (an ignored one does
+    not), and so does the directory that holds the new files."""
     touch(repo / "fresh" / "Dockerfile", 2500, "FROM alpine\n")
     touch(repo / "fresh" / "junk.tmp", 9000)
-    os.utime(repo / "fresh", (1, 9500))
+    os.utime(repo / "fresh", (1, 2000))
     assert db.context_change(image_of(repo / "fresh"), environ) == by_files(2500)
+    os.utime(repo / "fresh", (1, 3000))
+    assert db.context_change(image_of(repo / "fresh"), environ) == by_files(3000)
 
 
 def test_context_change_all_ignored_directory(repo, environ):
@@ -564,24 +622,62 @@ def test_context_changes_get_without_prefetch(changes):
 
 @pytest.mark.parametrize(("jobs", "overlapped"), [((), False), ((2,), True)])
 def test_context_changes_ask_jobs_at_a_time(monkeypatch, jobs, overlapped):
-    """One question at a time by default; with jobs=2 the second question
-    is asked while the first is still open."""
+    """One digest at a time by default; with jobs=2 the second context is
+    digested while the first is still open."""
     second_asked = threading.Event()
     timeout = 30 if overlapped else 0.5
 
-    def context_change(found, environ):
-        if found.name == "second":
+    def context_digest(directory, dockerfile, tree, hashes):
+        if directory == "second":
             second_asked.set()
-            return by_files(2.0)
+            return "second"
         # one job never lets the second start: the timeout only bounds the wait
-        return by_files(float(second_asked.wait(timeout)))
+        return str(second_asked.wait(timeout))
 
-    monkeypatch.setattr(db, "context_change", context_change)
+    monkeypatch.setattr(db, "context_digest", context_digest)
+    monkeypatch.setattr(db, "work_tree_top", lambda directory: None)
     contexts = db.ContextChanges({}, *jobs)
     first, second = image_of("first", "first"), image_of("second", "second")
     contexts.prefetch([first, second])
-    assert contexts.get(first) == by_files(float(overlapped))
-    assert contexts.get(second) == by_files(2.0)
+    assert contexts.digest(first) == str(overlapped)
+    assert contexts.digest(second) == "second"
+    contexts.close()
+
+
+def test_context_changes_prefetch_starts_digests_not_times(changes, monkeypatch):
+    """prefetch digests the contexts; when a context last changed is asked
+    only by get, once."""
+    digested = []
+    monkeypatch.setattr(
+        db,
+        "context_digest",
+        lambda directory, dockerfile, tree, hashes: (
+            digested.append(dockerfile) or "sha256:x"
+        ),
+    )
+    monkeypatch.setattr(db, "work_tree_top", lambda directory: None)
+    contexts = db.ContextChanges({}, jobs=2)
+    found = db.Image("a", "a:latest", "a", "NONE", (), AMD, "files/a.Dockerfile")
+    futures = contexts.prefetch([found, image_of("b", "b")])
+    assert [future.result() for future in futures] == ["sha256:x", "sha256:x"]
+    assert sorted(digested) == ["b/Dockerfile", "files/a.Dockerfile"]
+    assert changes == []
+    assert contexts.digest(found) == "sha256:x"
+    assert len(digested) == 2  # asked once each
+    assert contexts.get(found) == by_commit(5.0)
+    assert changes == [("a", {})]
+    contexts.close()
+
+
+def test_context_changes_digest_error_waits(tmp_path):
+    """A context that cannot be read fails when its digest is needed."""
+    missing = tmp_path / "missing"
+    contexts = db.ContextChanges({"PATH": os.environ["PATH"]})
+    contexts.prefetch([image_of(missing)])  # nothing raised
+    assert fatal_message(contexts.digest, image_of(missing)) == (
+        f"{missing}: can't read the build context: "
+        f"[Errno 2] No such file or directory: '{missing}'"
+    )
     contexts.close()
 
 
@@ -627,6 +723,424 @@ def test_planner_check_real_context_outside_git(tmp_path, environ):
     assert db.Planner(registries, contexts).check(target).finding.text == (REASON_FILES)
     contexts.close()
     registries.close()
+
+
+# ----------------------------------------------------------------------------
+# git_blob_id, FileHashes
+# ----------------------------------------------------------------------------
+
+
+def hash_object(path):
+    """What git names the file's content."""
+    return subprocess.run(
+        ["git", "hash-object", str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"x", b"FROM alpine\n", b"\x00\xff" * 7, bytes(range(256)) * 9000],
+    ids=["empty", "one", "text", "binary", "several-chunks"],
+)
+def test_git_blob_id(tmp_path, content):
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    assert db.git_blob_id(str(path), len(content)) == hash_object(path)
+
+
+def old_file(path, content="one\n", mtime=1000):
+    """A file last changed long ago (not racy); returns its stat."""
+    path.write_text(content)
+    os.utime(path, (1, mtime))
+    return os.stat(path)
+
+
+def test_file_hashes_second_call_does_not_read(tmp_path):
+    path = tmp_path / "f"
+    stat = old_file(path)
+    hashes = db.FileHashes(None)
+    assert hashes.blob_id(str(path), stat) == hash_object(path)
+    assert hashes.reads == 1
+    assert hashes.blob_id(str(path), os.stat(path)) == hash_object(path)
+    assert hashes.reads == 1
+
+
+def replace_file(path):
+    """The same content and time in a new file (another inode)."""
+    new = path.with_name("new")
+    new.write_text(path.read_text())
+    os.utime(new, (1, os.stat(path).st_mtime))
+    os.replace(new, path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda path: old_file(path, "longer\n"),  # size
+        lambda path: old_file(path, "two\n"),  # content and size kept: not
+        lambda path: os.utime(path, (1, 2000)),  # mtime
+        replace_file,  # inode
+    ],
+    ids=["size", "same-size-and-time", "mtime", "inode"],
+)
+def test_file_hashes_stat_change_reads_again(tmp_path, request, change):
+    """A changed size, modification time or inode reads the file again;
+    the same stat with other content of the same size does not (the
+    stat is what is compared)."""
+    path = tmp_path / "f"
+    hashes = db.FileHashes(None)
+    first = hashes.blob_id(str(path), old_file(path))
+    change(path)
+    again = hashes.blob_id(str(path), os.stat(path))
+    if request.node.callspec.id == "same-size-and-time":
+        assert (again, hashes.reads) == (first, 1)
+    else:
+        assert (again, hashes.reads) == (hash_object(path), 2)
+
+
+def test_file_hashes_racy_files_are_not_kept(tmp_path):
+    """A file changed in the last RACY_SECONDS is read every time, and
+    not saved."""
+    path = tmp_path / "f"
+    path.write_text("new\n")
+    cache = tmp_path / "cache.json"
+    hashes = db.FileHashes(str(cache))
+    for _ in range(2):
+        assert hashes.blob_id(str(path), os.stat(path)) == hash_object(path)
+    assert hashes.reads == 2
+    hashes.save()
+    assert not cache.exists()
+
+
+def test_file_hashes_save_and_load(tmp_path):
+    """Saved ids serve the next run without reading the file."""
+    path = tmp_path / "f"
+    stat = old_file(path)
+    cache = tmp_path / "sub" / "hashes.json"
+    first = db.FileHashes(str(cache))
+    blob = first.blob_id(str(path), stat)
+    first.save()
+    second = db.FileHashes(str(cache))
+    assert second.blob_id(str(path), stat) == blob == hash_object(path)
+    assert second.reads == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,  # a directory
+        b"not json",
+        b"[]",
+        b'{"version": 1, "entries": {}}',  # an older version
+        b'{"version": 2}',
+        b'{"version": 2, "entries": 5}',
+        b"\xff\xfe",
+    ],
+)
+def test_file_hashes_unreadable_cache_is_ignored(tmp_path, content):
+    path = tmp_path / "f"
+    stat = old_file(path)
+    cache = tmp_path / "hashes.json"
+    if content is None:
+        cache.mkdir()
+    else:
+        cache.write_bytes(content)
+    hashes = db.FileHashes(str(cache))
+    assert hashes.blob_id(str(path), stat) == hash_object(path)
+    assert hashes.reads == 1
+
+
+def test_file_hashes_cache_of_an_older_version_is_not_used(tmp_path):
+    """An entry matching the file's stat is used only from a cache of this
+    version."""
+    path = tmp_path / "f"
+    stat = old_file(path)
+    entry = [stat.st_size, stat.st_mtime_ns, stat.st_ino, "0" * 40]
+    cache = tmp_path / "hashes.json"
+    for version, expected, reads in ((1, hash_object(path), 1), (2, "0" * 40, 0)):
+        cache.write_text(
+            json.dumps({"version": version, "entries": {str(path): entry}})
+        )
+        hashes = db.FileHashes(str(cache))
+        assert (hashes.blob_id(str(path), stat), hashes.reads) == (expected, reads)
+
+
+# ----------------------------------------------------------------------------
+# changed_paths, work_tree_top, read_work_tree
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("", set()),
+        (" M a\0", {"a"}),
+        ("M  a\0", set()),  # staged: the file is what the index holds
+        ("MM a\0", {"a"}),
+        (" D a\0", {"a"}),
+        ("A  new\0", set()),
+        ("AM new\0", {"new"}),
+        (" T link\0", {"link"}),
+        ("UU conflict\0", {"conflict"}),
+        (" M dir with space/f\0", {"dir with space/f"}),
+        # a rename or copy names the source after the path: not an entry
+        ("R  new\0old\0", set()),
+        ("RM new\0old\0", {"new"}),
+        ("R  new\0 M x\0 M b\0", {"b"}),
+        ("C  copy\0src\0 M b\0", {"b"}),
+        ("M  a\0 M b\0MM c\0", {"b", "c"}),
+    ],
+)
+def test_changed_paths(status, expected):
+    assert db.changed_paths(status) == expected
+
+
+def test_work_tree_top(tmp_path):
+    root = tmp_path / "repo"
+    (root / "a" / "b").mkdir(parents=True)
+    git(root, "init", "-q")
+    (tmp_path / "plain").mkdir()
+    assert db.work_tree_top(str(root / "a" / "b")) == os.path.realpath(root)
+    assert db.work_tree_top(str(root)) == os.path.realpath(root)
+    assert db.work_tree_top(str(tmp_path / "plain")) is None
+
+
+def test_read_work_tree(tmp_path, environ):
+    """The blob ids of tracked regular files whose work tree content is
+    what the index holds: clean and staged files, not modified, untracked
+    or deleted ones, nor symbolic links."""
+    root = tmp_path / "repo"
+    for name in ("clean", "modified", "staged", "deleted", "sub/deep", "run.sh"):
+        touch(root / name, 1000, name + "\n")
+    (root / "run.sh").chmod(0o755)
+    os.symlink("clean", root / "link")
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "all")
+    (root / "modified").write_text("changed\n")
+    (root / "staged").write_text("staged change\n")
+    git(root, "add", "staged")
+    touch(root / "added", 1000, "added\n")
+    git(root, "add", "added")
+    touch(root / "untracked", 1000)
+    (root / "deleted").unlink()
+    tree = db.read_work_tree(str(root), environ)
+    assert tree == db.WorkTree(
+        str(root),
+        {
+            name: hash_object(root / name)
+            for name in ("added", "clean", "run.sh", "staged", "sub/deep")
+        },
+    )
+
+
+def test_read_work_tree_without_git_answer(tmp_path, environ):
+    """Not a repository, or no git: nothing is known clean."""
+    assert db.read_work_tree(str(tmp_path), environ) == db.WorkTree(str(tmp_path), {})
+    nogit = {"PATH": str(tmp_path / "nobin")}
+    assert db.read_work_tree(str(tmp_path), nogit) == db.WorkTree(str(tmp_path), {})
+
+
+# ----------------------------------------------------------------------------
+# context_digest
+# ----------------------------------------------------------------------------
+
+
+def digest_of(directory, environ, dockerfile=None, hashes=None):
+    """The context digest as ContextChanges takes it: with the work tree
+    holding the directory, if any."""
+    top = db.work_tree_top(str(directory))
+    tree = db.read_work_tree(top, environ) if top else None
+    dockerfile = str(dockerfile or directory / "Dockerfile")
+    return db.context_digest(
+        str(directory), dockerfile, tree, hashes or db.FileHashes(None)
+    )
+
+
+def write_context(directory):
+    """A build context of files, an executable, a link, a subdirectory, a
+    .dockerignore'd log and a git-ignored file."""
+    touch(directory / "Dockerfile", 1000, "FROM alpine\nCOPY . /\n")
+    touch(directory / "file", 1000, "one\n")
+    touch(directory / "run.sh", 1000, "#!/bin/sh\n")
+    (directory / "run.sh").chmod(0o755)
+    touch(directory / "sub" / "f", 1000, "sub\n")
+    touch(directory / ".dockerignore", 1000, "*.log\n")
+    touch(directory / "debug.log", 1000, "log\n")
+    touch(directory / "build.tmp", 1000, "ignored by git\n")
+    os.symlink("file", directory / "link")
+
+
+@pytest.fixture
+def contexts_in_and_out(tmp_path):
+    """The same context in a git repository (committed, below its top)
+    and outside git."""
+    root = tmp_path / "repo"
+    write_context(root / "ctx")
+    touch(root / ".gitignore", 1000, "*.tmp\n")
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "all")
+    write_context(tmp_path / "plain")
+    return root / "ctx", tmp_path / "plain"
+
+
+def test_context_digest_equal_inside_and_outside_git(contexts_in_and_out, environ):
+    """Equal content gives equal digests; files clean in git are not read
+    (the untracked build.tmp is)."""
+    in_git, plain = contexts_in_and_out
+    hashes = db.FileHashes(None)
+    inside = digest_of(in_git, environ, hashes=hashes)
+    assert hashes.reads == 1
+    assert inside == digest_of(plain, environ)
+    assert inside.startswith("sha256:") and len(inside) == 7 + 64
+
+
+@pytest.mark.parametrize(
+    ("change", "changed"),
+    [
+        (lambda c: (c / "file").write_text("two\n"), True),
+        (lambda c: (c / "sub" / "f").write_text("two\n"), True),
+        (lambda c: (c / "file").chmod(0o755), True),
+        (lambda c: (c / "run.sh").chmod(0o644), True),
+        (lambda c: ((c / "link").unlink(), os.symlink("sub", c / "link")), True),
+        (lambda c: (c / "empty").mkdir(), True),
+        (lambda c: (c / "build.tmp").write_text("other\n"), True),  # git-ignored
+        (lambda c: (c / "new.tmp").write_text("x"), True),
+        (lambda c: (c / "file").rename(c / "renamed"), True),
+        (lambda c: (c / "sub" / "f").unlink(), True),
+        (lambda c: (c / "Dockerfile").write_text("FROM alpine\n"), True),
+        (lambda c: (c / ".dockerignore").write_text("*.log\n*.md\n"), True),
+        (lambda c: (c / "debug.log").write_text("other\n"), False),
+        (lambda c: (c / "new.log").write_text("x"), False),
+        (lambda c: os.utime(c / "file", (1, 5000)), False),
+        (lambda c: set_tree_mtime(c, 6000), False),
+        (lambda c: (c / "file").write_text("one\n"), False),  # same content
+    ],
+    ids=[
+        "content", "deep-content", "exec-bit-set", "exec-bit-cleared",
+        "link-target", "new-empty-dir", "git-ignored-file", "new-git-ignored",
+        "rename", "delete", "dockerfile", "dockerignore", "dockerignored-file",
+        "new-dockerignored", "mtime", "all-mtimes", "rewrite-same",
+    ],
+)  # fmt: skip
+def test_context_digest_changes(contexts_in_and_out, environ, change, changed):
+    """What docker would send decides, in git and outside alike."""
+    for directory in contexts_in_and_out:
+        before = digest_of(directory, environ)
+        change(directory)
+        assert (digest_of(directory, environ) != before) is changed
+
+
+def test_context_digest_staged_and_committed_change(contexts_in_and_out, environ):
+    """A change gives the same digest modified, staged or committed, as
+    the same content outside git."""
+    in_git, plain = contexts_in_and_out
+    for directory in (in_git, plain):
+        (directory / "file").write_text("two\n")
+    expected = digest_of(plain, environ)
+    assert digest_of(in_git, environ) == expected
+    git(in_git, "add", "file")
+    assert digest_of(in_git, environ) == expected
+    git(in_git, "commit", "-q", "-m", "two")
+    assert digest_of(in_git, environ) == expected
+
+
+def test_context_digest_skips_the_work_tree_git_directory(tmp_path, environ):
+    """At the top of a work tree, .git is no part of the context: a
+    commit does not change the digest; a .git directory deeper down is."""
+    root = tmp_path / "repo"
+    write_context(root)
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "all")
+    before = digest_of(root, environ)
+    git(root, "commit", "-q", "--allow-empty", "-m", "again")
+    git(root, "tag", "t")
+    assert digest_of(root, environ) == before
+    (root / "sub" / ".git").mkdir()
+    assert digest_of(root, environ) != before
+
+
+def test_context_digest_dockerfile_outside_the_context(tmp_path, environ):
+    """A -f Dockerfile elsewhere is part of the digest."""
+    context = tmp_path / "ctx"
+    write_context(context)
+    outside = tmp_path / "files" / "app.Dockerfile"
+    touch(outside, 1000, "FROM alpine\n")
+    inside = digest_of(context, environ)
+    before = digest_of(context, environ, outside)
+    assert before != inside
+    outside.write_text("FROM alpine\nRUN true\n")
+    assert digest_of(context, environ, outside) != before
+    os.utime(outside, (1, 7000))
+    assert digest_of(context, environ, outside) == digest_of(context, environ, outside)
+
+
+def test_context_digest_dockerfile_and_dockerignore_always_count(tmp_path, environ):
+    """.dockerignore leaving everything out still leaves the Dockerfile
+    and itself in; an exception brings a path back."""
+    context = tmp_path / "ctx"
+    write_context(context)
+    (context / ".dockerignore").write_text("*\n!sub/f\n")
+    before = digest_of(context, environ)
+    (context / "file").write_text("two\n")
+    assert digest_of(context, environ) == before
+    for path, text in (
+        ("Dockerfile", "FROM debian\n"),
+        (".dockerignore", "*\n!sub/f\n\n"),
+        ("sub/f", "two\n"),
+    ):
+        (context / path).write_text(text)
+        assert digest_of(context, environ) != before, path
+        before = digest_of(context, environ)
+
+
+# ----------------------------------------------------------------------------
+# ContextChanges: digests, git asked once per work tree
+# ----------------------------------------------------------------------------
+
+
+def test_context_changes_ask_git_once_per_work_tree(tmp_path, environ, monkeypatch):
+    """Several images in one work tree (and one outside git): git is run
+    twice per work tree, whatever the number of images; the digests are
+    those of context_digest."""
+    repos = []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        for directory in ("a", "b", "c/d"):
+            write_context(root / directory)
+        git(root, "init", "-q")
+        git(root, "add", ".")
+        git(root, "commit", "-q", "-m", "all")
+        repos.append(root)
+    write_context(tmp_path / "plain")
+    runs = []
+    run_git = db.run_git
+
+    def counting(args, directory, environ):
+        runs.append((directory, args[0]))
+        return run_git(args, directory, environ)
+
+    monkeypatch.setattr(db, "run_git", counting)
+    images = [
+        image_of(root / directory, f"{root.name}-{directory.replace('/', '-')}")
+        for root in repos
+        for directory in ("a", "b", "c/d")
+    ] + [image_of(tmp_path / "plain", "plain")]
+    contexts = db.ContextChanges(environ, jobs=4)
+    contexts.prefetch(images)
+    digests = [contexts.digest(found) for found in images]
+    assert sorted(runs) == sorted(
+        (str(root), command) for root in repos for command in ("status", "ls-files")
+    )
+    assert contexts.work_tree(str(repos[0] / "c" / "d")).top == str(repos[0])
+    assert contexts.work_tree(str(tmp_path / "plain")) is None
+    assert len(runs) == 4
+    monkeypatch.setattr(db, "run_git", run_git)
+    assert digests == [digest_of(Path(found.directory), environ) for found in images]
+    assert len(set(digests)) == 1  # the same content everywhere
+    contexts.close()
 
 
 # ----------------------------------------------------------------------------
@@ -705,3 +1219,231 @@ def test_directory_outside_git(plain_world: World) -> None:
     succeeded(world.run())
     world.write("app/late.txt", "x\n", mtime=T_LATER)
     succeeded(world.run(), rebuilt(world.ref("app"), REASON_FILES))
+
+
+# ----------------------------------------------------------------------------
+# End to end: decisions by recorded inputs. The tool builds its images
+# (recording their inputs), the world changes, and the next run builds
+# exactly what the change calls for.
+# ----------------------------------------------------------------------------
+
+CONTEXT = "Build context changed"
+OPTIONS = "Build options changed"
+USED = "Image used by the build changed"
+
+
+def first_build(world: World, *names: str, lines: tuple[str, ...] = ()) -> None:
+    """Build every image (each is missing), then check that a second run
+    has nothing to do; the double's log starts empty afterwards."""
+    world.registry.push(world.ref("base:1"), T_COMMIT, [BASE_LAYER])
+    if lines:
+        world.config(*lines)
+    else:
+        world.config(*(f"{name}\t{name}" for name in names))
+    if (world.root / ".git").exists():
+        world.commit()
+    first = world.run()
+    assert first.returncode == 0, first.stderr
+    assert sorted(world.built()) == sorted(f"{world.ref(n)}:latest" for n in names)
+    succeeded(world.run())
+    world.log.unlink()
+
+
+def app(world: World, text: str = "FROM {base}\nCOPY . /\n") -> None:
+    world.write("app/Dockerfile", text.format(base=world.ref("base:1")))
+    world.write("app/file", "one\n")
+
+
+def runs_and_builds(world: World, reason: str, name: str = "app") -> None:
+    """A dry run predicts the rebuild, and a real run does it, once."""
+    predicted = world.run("-n")
+    succeeded(predicted, announced(world.ref(name), reason))
+    succeeded(world.run(), rebuilt(world.ref(name), reason))
+    assert world.built() == [world.ref(name) + ":latest"]
+    world.log.unlink()
+    succeeded(world.run())
+    assert world.calls() == []
+
+
+def builds_nothing(world: World) -> None:
+    succeeded(world.run())
+    assert world.calls() == []
+
+
+def test_label_records_the_inputs(world: World) -> None:
+    """Every build gets --label docker_build.inputs=<compact JSON> before
+    the tool's own options."""
+    app(world)
+    world.registry.push(world.ref("base:1"), T_COMMIT, [BASE_LAYER])
+    world.config("app\tapp\t--build-arg X=1")
+    world.commit()
+    succeeded(world.run(), rebuilt(world.ref("app"), "Image missing in repository"))
+    argv = world.calls()[0]["argv"]
+    label = argv[argv.index("--label") + 1]
+    key, _, value = label.partition("=")
+    assert key == "docker_build.inputs"
+    assert argv[argv.index("--label") + 2 :] == [
+        "--push",
+        "--tag",
+        world.ref("app:latest"),
+        "app",
+    ]
+    recorded = json.loads(value)
+    assert sorted(recorded) == ["context", "images", "options", "version"]
+    assert recorded["version"] == 1 and recorded["images"] == {}
+    assert recorded["context"].startswith("sha256:")
+    assert value == json.dumps(recorded, separators=(",", ":"), sort_keys=True)
+    config = world.registry.config(world.ref("app"))
+    assert config["config"]["Labels"] == {"docker_build.inputs": value}
+
+
+def test_merge_of_an_old_commit(world: World) -> None:
+    """A branch commit older than the image, merged later, is built."""
+    app(world)
+    first_build(world, "app")
+    world.git("checkout", "-q", "-b", "topic")
+    world.write("app/file", "two\n")
+    world.commit(when=T_COMMIT)
+    world.git("checkout", "-q", "-")
+    world.git("merge", "-q", "--no-ff", "-m", "merge", "topic", when=T_COMMIT)
+    runs_and_builds(world, CONTEXT)
+
+
+def test_fast_forward_to_an_old_commit(world: World) -> None:
+    app(world)
+    first_build(world, "app")
+    world.git("checkout", "-q", "-b", "topic")
+    world.write("app/file", "two\n")
+    world.commit(when=T_COMMIT)
+    world.git("checkout", "-q", "-")
+    world.git("merge", "-q", "--ff-only", "topic", when=T_COMMIT)
+    runs_and_builds(world, CONTEXT)
+
+
+def test_git_ignored_artifact(world: World) -> None:
+    """A file docker sends but git ignores is part of the context."""
+    app(world, "FROM {base}\nCOPY target/app.jar /\n")
+    world.write(".gitignore", "target/\n")
+    world.write("app/target/app.jar", "v1\n")
+    first_build(world, "app")
+    world.write("app/target/app.jar", "v2\n", mtime=T_COMMIT)
+    runs_and_builds(world, CONTEXT)
+
+
+def test_directory_that_git_ignores(world: World) -> None:
+    app(world)
+    world.write(".gitignore", "app/\n")
+    first_build(world, "app")
+    world.write("app/Dockerfile", f"FROM {world.ref('base:1')}\nRUN true\n")
+    runs_and_builds(world, CONTEXT)
+
+
+def test_dockerfile_outside_the_context(world: World) -> None:
+    world.write("app/file", "one\n")
+    world.write("files/app.Dockerfile", f"FROM {world.ref('base:1')}\n")
+    first_build(world, "app", lines=("app\tapp\t-f files/app.Dockerfile",))
+    world.write("files/app.Dockerfile", f"FROM {world.ref('base:1')}\nRUN true\n")
+    world.commit(when=T_COMMIT)
+    runs_and_builds(world, CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (("app\tapp\t--build-arg X=1",), ("app\tapp\t--build-arg X=2",)),
+        (("--build-arg X=1", "app\tapp"), ("--build-arg X=2", "app\tapp")),
+        (("app\tapp\t--target=a",), ("app\tapp\t--target=b",)),
+    ],
+    ids=["image", "global", "target"],
+)
+def test_build_options_change(world: World, before, after) -> None:
+    base = world.ref("base:1")
+    app(world, "FROM {base} AS a\nFROM {base} AS b\n")
+    first_build(world, "app", lines=before)
+    world.config(*after)
+    world.commit(when=T_COMMIT)
+    runs_and_builds(world, OPTIONS)
+    assert base  # the stages both start from the base
+
+
+@pytest.mark.parametrize(
+    "dockerfile",
+    [
+        "FROM {used} AS build\nRUN make\nFROM {base}\nCOPY --from=build /x /\n",
+        "FROM {base}\nCOPY --from={used} /x /\n",
+        "FROM {base}\nRUN --mount=type=bind,from={used},target=/t true\n",
+    ],
+    ids=["builder-stage", "copy-from", "run-mount"],
+)
+def test_image_used_by_the_build_changes(world: World, dockerfile: str) -> None:
+    used = world.ref("tools:1")
+    world.registry.push(used, T_COMMIT, ["sha256:" + "7" * 64])
+    world.write(
+        "app/Dockerfile", dockerfile.format(used=used, base=world.ref("base:1"))
+    )
+    first_build(world, "app")
+    world.registry.push(used, T_LATER, ["sha256:" + "8" * 64])
+    runs_and_builds(world, f"{USED}: {used}")
+
+
+def test_change_and_revert(world: World) -> None:
+    app(world)
+    first_build(world, "app")
+    world.write("app/file", "two\n")
+    world.commit(when=T_LATER)
+    world.write("app/file", "one\n")
+    world.commit(when=T_LATER)
+    builds_nothing(world)
+
+
+def test_commit_of_a_dockerignored_file(world: World) -> None:
+    app(world)
+    world.write("app/.dockerignore", "*.md\n")
+    world.write("app/README.md", "one\n")
+    first_build(world, "app")
+    world.write("app/README.md", "two\n")
+    world.commit(when=T_LATER)
+    builds_nothing(world)
+
+
+def test_amend_that_keeps_the_content(world: World) -> None:
+    app(world)
+    first_build(world, "app")
+    world.git("commit", "-q", "--amend", "-m", "reworded", when=T_LATER)
+    builds_nothing(world)
+
+
+def test_reproducible_build_is_steady(world: World) -> None:
+    """SOURCE_DATE_EPOCH=0 gives images created in 1970: no endless
+    rebuilds."""
+    app(world)
+    first_build(world, "app", lines=("--build-arg SOURCE_DATE_EPOCH=0", "app\tapp"))
+    config = world.registry.config(world.ref("app"))
+    assert config["created"].startswith("1970-01-01T00:00:00")
+    builds_nothing(world)
+
+
+def test_base_change_still_rebuilds(world: World) -> None:
+    app(world)
+    first_build(world, "app")
+    world.registry.push(world.ref("base:1"), T_LATER, ["sha256:" + "9" * 64])
+    runs_and_builds(world, "Base image has changed")
+
+
+def test_unknown_label_format_falls_back_to_times(world: World) -> None:
+    """An image whose label this version cannot read is decided by times,
+    as one without a label."""
+    app(world)
+    world.registry.push(world.ref("base:1"), T_COMMIT, [BASE_LAYER])
+    world.config("app\tapp")
+    world.commit(when=T_LATER)
+    imagetools.push_image(
+        world.ref("app"),
+        imagetools.rfc3339(T_IMAGE),
+        [BASE_LAYER, imagetools.new_layer("app")],
+        labels={"docker_build.inputs": '{"version":99}'},
+    )
+    succeeded(
+        world.run("-n"),
+        announced(world.ref("app"), "Git change more recent than image"),
+    )

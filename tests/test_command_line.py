@@ -505,7 +505,11 @@ def test_json_dry_run(world: World) -> None:
         "reason": None,
         "result": None,
         "exit_code": None,
+        # pushed without a label, up to date by the times: nothing asked
+        "inputs": {"recorded": None, "current": None},
     }
+    current = document["images"][1]["inputs"]["current"]
+    assert re.fullmatch("sha256:[0-9a-f]{64}", current["context"])
     assert document == {
         "version": 1,
         "dry_run": True,
@@ -518,6 +522,16 @@ def test_json_dry_run(world: World) -> None:
                 "directory": "tool",
                 "decision": "rebuild",
                 "reason": REASON_GIT,
+                # what its build would record: no options, no other image
+                "inputs": {
+                    "recorded": None,
+                    "current": {
+                        "version": 1,
+                        "context": current["context"],
+                        "options": db.options_digest([]),
+                        "images": {},
+                    },
+                },
             },
         ],
     }

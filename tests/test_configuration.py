@@ -198,7 +198,15 @@ def test_read_config_notes_example(config, tmp_path):
         (tmp_path / directory / "Dockerfile").write_text(content)
     amd = ("--platform=linux/amd64",)
     assert db.read_config(path, {}) == [
-        db.Image("chromium", "chromium:latest", "chromium", "NONE", amd, AMD),
+        db.Image(
+            "chromium",
+            "chromium:latest",
+            "chromium",
+            "NONE",
+            amd,
+            AMD,
+            "chromium/Dockerfile",
+        ),
         db.Image(
             "ipterm-base",
             "ipterm-base:latest",
@@ -206,6 +214,7 @@ def test_read_config_notes_example(config, tmp_path):
             "debian:bookworm-slim",
             amd,
             AMD,
+            "ipterm/base/Dockerfile",
         ),
         db.Image(
             "ipterm",
@@ -214,6 +223,7 @@ def test_read_config_notes_example(config, tmp_path):
             "$DOCKER_REPOSITORY/ipterm-base:latest",
             amd,
             AMD,
+            "ipterm/cli/Dockerfile",
         ),
         db.Image(
             "webterm",
@@ -222,9 +232,26 @@ def test_read_config_notes_example(config, tmp_path):
             "${DOCKER_REPOSITORY}/ipterm-base:latest",
             amd,
             AMD,
+            "ipterm/web/Dockerfile",
         ),
-        db.Image("jupyter:v2", "jupyter:v2", "jupyter", "python:3.11", amd, AMD),
-        db.Image("ubuntu:focal", "ubuntu:focal", "ubuntu", "ubuntu:focal", amd, AMD),
+        db.Image(
+            "jupyter:v2",
+            "jupyter:v2",
+            "jupyter",
+            "python:3.11",
+            amd,
+            AMD,
+            "jupyter/Dockerfile",
+        ),
+        db.Image(
+            "ubuntu:focal",
+            "ubuntu:focal",
+            "ubuntu",
+            "ubuntu:focal",
+            amd,
+            AMD,
+            "ubuntu/Dockerfile",
+        ),
         db.Image(
             "ovs-snmp",
             "ovs-snmp:latest",
@@ -232,6 +259,7 @@ def test_read_config_notes_example(config, tmp_path):
             "alpine:latest",
             ("--platform=linux/amd64", "--platform=linux/arm64"),
             ("linux/amd64", "linux/arm64"),
+            "ovs-snmp/Dockerfile",
         ),
     ]
 
@@ -272,7 +300,9 @@ def test_read_config_single_field_is_global_option(config):
     """A line without a tab, even an image name, is a global option line."""
     path = config("img\nimg2\td\n")
     assert db.read_config(path, {}) == [
-        db.Image("img2", "img2:latest", "d", "alpine:latest", ("img",), AMD)
+        db.Image(
+            "img2", "img2:latest", "d", "alpine:latest", ("img",), AMD, "d/Dockerfile"
+        )
     ]
 
 
@@ -318,7 +348,7 @@ def test_read_config_uses_options_and_environment(tmp_path, monkeypatch):
 def test_read_config_leading_and_trailing_whitespace(config):
     path = config("  \timg\td\tdebian\t \n")
     assert db.read_config(path, {}) == [
-        db.Image("img", "img:latest", "d", "debian:latest", (), AMD)
+        db.Image("img", "img:latest", "d", "debian:latest", (), AMD, "d/Dockerfile")
     ]
 
 
@@ -578,13 +608,18 @@ def test_read_build_options_target_and_build_args():
 
 
 # ----------------------------------------------------------------------------
-# dockerfile_base
+# read_dockerfile: the base of the built stage
 # ----------------------------------------------------------------------------
 
 
-def base(tmp_path, text, *args, environ=None):
+def dockerfile(tmp_path, text, *args, environ=None):
+    """read_dockerfile of `text` written as tmp_path/Dockerfile."""
     (tmp_path / "Dockerfile").write_text(text, encoding="utf-8")
-    return db.dockerfile_base(str(tmp_path), options(*args, environ=environ))
+    return db.read_dockerfile(str(tmp_path), options(*args, environ=environ))
+
+
+def base(tmp_path, text, *args, environ=None):
+    return dockerfile(tmp_path, text, *args, environ=environ).base
 
 
 def base_error(tmp_path, text, *args):
@@ -646,11 +681,11 @@ def base_error(tmp_path, text, *args):
         ("FROM img:$TARGETARCH\n", "img:amd64"),
     ],
 )
-def test_dockerfile_base(tmp_path, text, expected):
+def test_read_dockerfile_base(tmp_path, text, expected):
     assert base(tmp_path, text) == expected
 
 
-def test_dockerfile_base_target(tmp_path):
+def test_read_dockerfile_target(tmp_path):
     text = "FROM alpine AS one\nFROM debian AS Two\nFROM one AS three\nFROM ubuntu\n"
     assert base(tmp_path, text, "--target", "one") == "alpine"
     assert base(tmp_path, text, "--target=two") == "debian"
@@ -660,7 +695,7 @@ def test_dockerfile_base_target(tmp_path):
     )
 
 
-def test_dockerfile_base_build_args(tmp_path):
+def test_read_dockerfile_build_args(tmp_path):
     text = "ARG V=1\nARG W\nFROM img:$V\n"
     assert base(tmp_path, text, "--build-arg", "V=2") == "img:2"
     assert base(tmp_path, text, "--build-arg", "V", environ={"V": "env"}) == "img:env"
@@ -697,25 +732,25 @@ NO_FROM = "Dockerfile: Missing FROM instruction"
         ("FROM a AS b c\n", BAD_FROM),
     ],
 )
-def test_dockerfile_base_errors(tmp_path, text, message):
+def test_read_dockerfile_errors(tmp_path, text, message):
     dockerfile = f"{tmp_path}/Dockerfile"
     assert base_error(tmp_path, text) == message.format(dockerfile=dockerfile)
 
 
-def test_dockerfile_base_missing_file(tmp_path, monkeypatch):
+def test_read_dockerfile_missing_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d").mkdir()
     with pytest.raises(ValueError) as info:
-        db.dockerfile_base("d", options())
+        db.read_dockerfile("d", options())
     assert str(info.value) == (
         "Dockerfile: [Errno 2] No such file or directory: 'd/Dockerfile'"
     )
 
 
-def test_dockerfile_base_not_utf8(tmp_path):
+def test_read_dockerfile_not_utf8(tmp_path):
     (tmp_path / "Dockerfile").write_bytes(b"FROM alpine\n\xff\n")
     with pytest.raises(ValueError) as info:
-        db.dockerfile_base(str(tmp_path), options())
+        db.read_dockerfile(str(tmp_path), options())
     assert str(info.value) == (
         f"{tmp_path}/Dockerfile: not UTF-8 text (invalid start byte)"
     )
@@ -731,14 +766,317 @@ def test_dockerfile_base_not_utf8(tmp_path):
         ("--file=other/Dfile",),
     ],
 )
-def test_dockerfile_base_file_option(tmp_path, monkeypatch, args):
-    """-f names a file relative to the current directory, not the context."""
+def test_read_dockerfile_file_option(tmp_path, monkeypatch, args):
+    """-f names a file relative to the current directory, not the context;
+    the record names the file read."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx" / "Dockerfile").write_text("FROM wrong\n")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "Dfile").write_text("FROM right:1\n")
-    assert db.dockerfile_base("ctx", options(*args)) == "right:1"
+    assert db.read_dockerfile("ctx", options(*args)) == db.Dockerfile(
+        "other/Dfile", "right:1", ()
+    )
+
+
+def test_read_dockerfile_uses_per_platform(tmp_path):
+    """The base is read for the first platform; the images pulled besides
+    it for every platform, with its TARGET* arguments, sorted per
+    platform."""
+    text = (
+        "ARG TOOLS=tools\n"
+        "FROM ${TOOLS}:$TARGETARCH AS t\n"
+        "FROM base:$TARGETARCH\n"
+        "COPY --from=t / /\n"
+        "RUN --mount=from=helper-$TARGETOS$TARGETVARIANT,target=/h make\n"
+    )
+    found = dockerfile(tmp_path, text, "--platform=linux/amd64,linux/arm/v7")
+    assert found == db.Dockerfile(
+        f"{tmp_path}/Dockerfile",
+        "base:amd64",
+        (
+            ("linux/amd64", "helper-linux"),
+            ("linux/amd64", "tools:amd64"),
+            ("linux/arm/v7", "helper-linuxv7"),
+            ("linux/arm/v7", "tools:arm"),
+        ),
+    )
+
+
+def test_read_dockerfile_uses_build_args(tmp_path):
+    """A --build-arg sets a stage ARG that --from names."""
+    text = "FROM alpine\nARG T=tools:1\nCOPY --from=$T / /\n"
+    assert dockerfile(tmp_path, text).uses == (("linux/amd64", "tools:1"),)
+    found = dockerfile(tmp_path, text, "--build-arg", "T=tools:2")
+    assert found.uses == (("linux/amd64", "tools:2"),)
+
+
+def test_read_dockerfile_stage_arg_inherits_global_default(tmp_path):
+    """As docker documents: `ARG T` in a stage takes the default of the
+    global `ARG T=...`."""
+    text = "ARG T=tools:1\nFROM alpine\nARG T\nCOPY --from=$T / /\n"
+    assert dockerfile(tmp_path, text).uses == (("linux/amd64", "tools:1"),)
+
+
+def test_read_dockerfile_undefined_source_is_no_image(tmp_path):
+    """A --from that substitutes to nothing names no image."""
+    text = "FROM alpine\nCOPY --from=$UNDEFINED / /\n"
+    assert dockerfile(tmp_path, text).uses == ()
+
+
+def test_read_config_records_dockerfile_and_uses(config, tmp_path):
+    """read_config fills in the Dockerfile read (-f, or <dir>/Dockerfile)
+    and the images the build pulls per platform."""
+    path = config(
+        "plain\td\nmulti\td\t\t--platform=linux/amd64,linux/arm64 -f d/Other\n"
+    )
+    (tmp_path / "d" / "Other").write_text(
+        "FROM t:$TARGETARCH AS t\nFROM alpine\nCOPY --from=t / /\n"
+    )
+    plain, multi = db.read_config(path, {})
+    assert (plain.dockerfile, plain.uses) == ("d/Dockerfile", ())
+    assert (multi.dockerfile, multi.base, multi.uses) == (
+        "d/Other",
+        "alpine:latest",
+        (("linux/amd64", "t:amd64"), ("linux/arm64", "t:arm64")),
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "content", "expected_path"),
+    [
+        ((), None, "nodf/Dockerfile"),
+        (("-f", "nodf/missing"), None, "nodf/missing"),
+        ((), "FROM $UNDEFINED\n", "nodf/Dockerfile"),
+        ((), "RUN true\n", "nodf/Dockerfile"),
+        ((), b"\xff", "nodf/Dockerfile"),
+    ],
+)
+def test_read_config_base_column_without_readable_dockerfile(
+    config, tmp_path, options, content, expected_path
+):
+    """With a base column, a Dockerfile that cannot be read is no error
+    (docker reports it when building): the image pulls nothing else."""
+    path = config("img\tnodf\tdebian\t" + " ".join(options) + "\n")
+    (tmp_path / "nodf").mkdir()
+    if isinstance(content, str):
+        (tmp_path / "nodf" / "Dockerfile").write_text(content)
+    elif content is not None:
+        (tmp_path / "nodf" / "Dockerfile").write_bytes(content)
+    (record,) = db.read_config(path, {})
+    assert record == db.Image(
+        "img", "img:latest", "nodf", "debian:latest", options, AMD, expected_path, ()
+    )
+
+
+# ----------------------------------------------------------------------------
+# The stages a build needs: instruction_sources, target_stage, earlier_stage,
+# final_base, used_images
+# ----------------------------------------------------------------------------
+
+VARIABLES = {"V": "img:2", "EMPTY": "", "UNSET": None}
+
+
+@pytest.mark.parametrize(
+    ("keyword", "arguments", "expected"),
+    [
+        ("COPY", "--from=build /a /b", ("build",)),
+        ("ADD", "--from=img:1 /a /b", ("img:1",)),
+        ("COPY", "--chown=1:1 --link --from=x /a /b", ("x",)),
+        ("COPY", "--from=a --from=b /x /", ("a", "b")),
+        # flags stop at the first word that is no flag
+        ("COPY", "/a --from=x /b", ()),
+        ("COPY", "--link /a /b --from=x", ()),
+        ("RUN", "echo --mount=from=x", ()),
+        ("COPY", "--from= /a /b", ()),  # an empty value names nothing
+        ("COPY", "/a /b", ()),
+        ("RUN", "--mount=type=bind,from=tools,target=/t make", ("tools",)),
+        (
+            "RUN",
+            "--mount=type=cache,target=/c --mount=from=x:1,type=bind make",
+            ("x:1",),
+        ),
+        ("RUN", "--mount=type=bind,FROM=Up , target=/t make", ("Up",)),
+        ("RUN", "--mount=type=cache,target=/c make", ()),
+        ("RUN", "--network=none --mount=from=y make", ("y",)),
+        # each keyword has its own flag
+        ("RUN", "--from=x make", ()),
+        ("COPY", "--mount=from=x /a /b", ()),
+        ("ENV", "--from=x", ()),
+        # variables, as FROM substitutes them
+        ("COPY", "--from=$V /a /b", ("img:2",)),
+        ("COPY", "--from=${V}-x /a /b", ("img:2-x",)),
+        ("COPY", "--from=${EMPTY:-dflt} /a /b", ("dflt",)),
+        ("COPY", "--from=${UNSET:-dflt} /a /b", ("dflt",)),
+        ("RUN", "--mount=from=${V},target=/t make", ("img:2",)),
+        ("COPY", "--from=$DOCKER_REPOSITORY/b /a /b", ("$DOCKER_REPOSITORY/b",)),
+    ],
+)
+def test_instruction_sources(keyword, arguments, expected):
+    instruction = db.Instruction(3, keyword, arguments)
+    assert db.instruction_sources(instruction, VARIABLES) == expected
+
+
+def test_dockerfile_stages_sources():
+    """Each stage gathers its sources, substituted with the global ARGs
+    and those of its own stage."""
+    text = (
+        "ARG G=global:1\n"
+        "FROM alpine AS one\n"
+        "ARG S=stage:1\n"
+        "COPY --from=$G /a /\n"
+        "RUN --mount=from=$S make\n"
+        "FROM one\n"
+        "COPY --from=${S:-none} /b /\n"
+    )
+    assert db.dockerfile_stages(text, {}, "linux/amd64") == [
+        db.Stage(2, "alpine", "one", ("global:1", "stage:1")),
+        db.Stage(6, "one", None, ("none",)),
+    ]
+
+
+STAGES = [
+    db.Stage(1, "golang:1", None),
+    db.Stage(2, "alpine:3", "build"),
+    db.Stage(3, "build", "runtime"),
+    db.Stage(4, "debian:12", "late"),
+]
+
+
+@pytest.mark.parametrize(
+    ("stages", "target", "expected"),
+    [
+        (STAGES, None, 3),
+        (STAGES, "build", 1),
+        (STAGES, "Runtime", 2),  # names compare case-insensitively
+        (STAGES[:1], None, 0),
+    ],
+)
+def test_target_stage(stages, target, expected):
+    assert db.target_stage(stages, target) == expected
+
+
+@pytest.mark.parametrize(
+    ("stages", "target", "message"),
+    [
+        ([], None, "Missing FROM instruction"),
+        ([], "x", "Missing FROM instruction"),
+        (STAGES, "nope", "target stage 'nope' could not be found"),
+    ],
+)
+def test_target_stage_errors(stages, target, message):
+    with pytest.raises(ValueError) as info:
+        db.target_stage(stages, target)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("index", "name", "expected"),
+    [
+        (3, "build", 1),
+        (3, "BUILD", 1),
+        (3, "runtime", 2),
+        (3, "0", 0),  # --from by number
+        (3, "2", 2),
+        (2, "2", None),  # not an earlier stage: an image
+        (3, "3", None),
+        (3, "late", None),  # the stage itself
+        (2, "late", None),  # a later stage
+        (1, "build", None),
+        (3, "golang:1", None),
+    ],
+)
+def test_earlier_stage(index, name, expected):
+    assert db.earlier_stage(STAGES, index, name) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [(None, "debian:12"), ("runtime", "alpine:3"), ("build", "alpine:3")],
+)
+def test_final_base(target, expected):
+    assert db.final_base(STAGES, target) == expected
+
+
+def uses(text, target=None):
+    stages = db.dockerfile_stages(text, {}, "linux/amd64")
+    return db.used_images(stages, target)
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "expected"),
+    [
+        ("FROM alpine\n", None, ()),
+        # a builder stage the final stage copies from
+        (
+            "FROM golang:1 AS build\nFROM alpine\nCOPY --from=build /x /\n",
+            None,
+            ("golang:1",),
+        ),
+        # a stage the built stage does not need is not built
+        ("FROM golang:1 AS build\nFROM alpine\n", None, ()),
+        # --target chooses the built stage
+        (
+            "FROM golang:1 AS build\nFROM alpine AS final\nCOPY --from=build / /\n"
+            "FROM debian\nCOPY --from=tools:1 / /\n",
+            "final",
+            ("golang:1",),
+        ),
+        (
+            "FROM golang:1 AS build\nFROM alpine AS final\nCOPY --from=build / /\n"
+            "FROM debian\nCOPY --from=tools:1 / /\n",
+            None,
+            ("tools:1",),
+        ),
+        # chains of stages, through FROM and --from
+        (
+            "FROM a:1 AS one\nFROM one AS two\nCOPY --from=b:1 / /\n"
+            "FROM c:1\nCOPY --from=two / /\n",
+            None,
+            ("a:1", "b:1"),
+        ),
+        # --from by number
+        ("FROM golang:1\nFROM alpine\nCOPY --from=0 / /\n", None, ("golang:1",)),
+        # RUN --mount from an image
+        ("FROM alpine\nRUN --mount=from=tools:2,target=/t make\n", None, ("tools:2",)),
+        # scratch is no image
+        (
+            "FROM scratch AS empty\nFROM alpine\nCOPY --from=empty / /\n"
+            "COPY --from=scratch / /\n",
+            None,
+            (),
+        ),
+        # the final base is not counted twice, wherever it is used
+        (
+            "FROM alpine AS a\nFROM alpine\nCOPY --from=a / /\n"
+            "COPY --from=alpine / /\n",
+            None,
+            (),
+        ),
+        ("FROM debian:12 AS base\nFROM base\nCOPY --from=debian:12 / /\n", None, ()),
+        # sorted, once each
+        (
+            "FROM alpine\nCOPY --from=z:1 / /\nCOPY --from=a:1 / /\n"
+            "COPY --from=z:1 / /\n",
+            None,
+            ("a:1", "z:1"),
+        ),
+        # stage names compare case-insensitively
+        (
+            "FROM golang:1 AS Build\nFROM alpine\nCOPY --from=BUILD / /\n",
+            None,
+            ("golang:1",),
+        ),
+        # a later stage's name is an image
+        (
+            "FROM alpine AS first\nCOPY --from=later / /\nFROM x:1 AS later\n",
+            "first",
+            ("later",),
+        ),
+    ],
+)
+def test_used_images(text, target, expected):
+    assert uses(text, target) == expected
 
 
 # ----------------------------------------------------------------------------
@@ -810,11 +1148,13 @@ def test_dockerfile_reader(tmp_path: Path, content: bytes) -> None:
     (directory / "Dockerfile").write_bytes(content)
     build = db.read_build_options(["--build-arg", "X=y"], {})
     try:
-        found = db.dockerfile_base(str(directory), build)
+        found = db.read_dockerfile(str(directory), build)
     except ValueError as err:
         assert one_line(str(err))
     else:
-        assert found.strip() and "\n" not in found
+        assert found.base.strip() and "\n" not in found.base
+        assert found.path == f"{directory}/Dockerfile"
+        assert all(platform == "linux/amd64" for platform, _ in found.uses)
 
 
 # ----------------------------------------------------------------------------
@@ -823,13 +1163,17 @@ def test_dockerfile_reader(tmp_path: Path, content: bytes) -> None:
 
 
 def test_final_stage_base(world: World) -> None:
-    """The builder stage's image is not in any registry: only the final
-    stage's base counts."""
+    """Only the final stage's base counts as the base: the builder stage's
+    image, newer than the image and of other layers, is no reason for a
+    rebuild, a change of the final base is. (The builder image is looked
+    up for the record of a rebuild, so it is in the registry.)"""
     base_image = world.ref("base:1")
+    builder = world.ref("builder:1")
     world.registry.push(base_image, T_COMMIT, BASE_LAYERS)
+    world.registry.push(builder, T_LATER, [new_layer("builder")])
     world.write(
         "app/Dockerfile",
-        "FROM --platform=$BUILDPLATFORM nowhere.invalid/builder:1 AS build\n"
+        f"FROM --platform=$BUILDPLATFORM {builder} AS build\n"
         "RUN make\n"
         f"FROM {base_image} AS runtime\n"
         "FROM runtime\n"

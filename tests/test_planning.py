@@ -11,6 +11,7 @@ The end-to-end tests run the tool against the real registry.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime
 import io
 import os
@@ -66,6 +67,15 @@ MISSING = db.Cause(db.Reason.MISSING)
 BASE_CHANGED = db.Cause(db.Reason.BASE)
 GIT = db.Cause(db.Reason.GIT)
 
+# The digest of every build context (FakeContexts), and another one.
+CONTEXT = "sha256:" + "c" * 64
+OTHER_CONTEXT = "sha256:" + "e" * 64
+
+# sha256 of the compact JSON of no options, [], and of the options of a
+# target in ghcr.io/o, ["--build-arg","DOCKER_REPOSITORY=ghcr.io/o"].
+NO_OPTIONS_HEX = "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
+GHCR_OPTIONS_HEX = "47f8a6e2615fa6700233123f2415518c3a3e5430a23056efb4be4bcb0066d880"
+
 # When a build directory last changed: a second before CREATED.
 BY_COMMIT = db.ContextChange(T_CREATED - 1, by_commit=True)
 BY_FILES = db.ContextChange(T_CREATED - 1, by_commit=False)
@@ -86,6 +96,12 @@ def info(*layers, created=CREATED):
 
 
 UP_TO_DATE = info("sha256:b")
+
+
+def inputs_of(target, images=None, context=CONTEXT):
+    """What a build of the target records: FakeContexts' digest of its
+    context, its options, the digests of the images it pulls."""
+    return db.Inputs(context, db.options_digest(target.options), images or {})
 
 
 def target(image, repository="ghcr.io/o"):
@@ -141,12 +157,16 @@ class FakeRegistries:
 
 class FakeContexts:
     """ContextChanges where every build directory last changed as `value`
-    says; the images asked about are in `calls`, those asked about up
-    front in `prefetched`."""
+    says and every build context's digest is `digests[directory]` (CONTEXT
+    for any other); the images asked when they changed are in `calls`,
+    those whose digest was asked in `digested`, those asked about up front
+    in `prefetched`."""
 
-    def __init__(self, value=None):
+    def __init__(self, value=None, digests=None):
         self.value = value
+        self.digests = digests or {}
         self.calls = []
+        self.digested = []
         self.prefetched = []
 
     def prefetch(self, images):
@@ -158,9 +178,14 @@ class FakeContexts:
         assert self.value is not None, f"unexpected question about {image.name}"
         return self.value
 
+    def digest(self, image):
+        self.digested.append(image.name)
+        return self.digests.get(image.directory, CONTEXT)
+
 
 class FailingContexts(FakeContexts):
-    """Every question fails as git would."""
+    """Every question about when a directory changed fails as git would
+    (its digest does not need git)."""
 
     def get(self, image):
         self.calls.append(image.name)
@@ -443,6 +468,73 @@ def test_image_graph_spellings_of_one_image():
     ]
 
 
+def using(image, *used, platforms=None):
+    """The image, pulling `used` (images besides its base) for each of its
+    platforms."""
+    return dataclasses.replace(
+        image,
+        uses=tuple(
+            (platform, name)
+            for name in used
+            for platform in (platforms or image.platforms)
+        ),
+    )
+
+
+def test_image_targets_fill_in_the_images_pulled():
+    """$DOCKER_REPOSITORY is filled in per repository in what a build
+    pulls; used_images groups the platforms by image."""
+    image = using(
+        make_image("app", platforms=BOTH), "$DOCKER_REPOSITORY/tool:1", "alpine:3"
+    )
+    hub, ghcr = db.image_targets(image, REPOS)
+    assert hub.uses == (
+        ("linux/amd64", "docker.io/user/tool:1"),
+        ("linux/arm64", "docker.io/user/tool:1"),
+        ("linux/amd64", "alpine:3"),
+        ("linux/arm64", "alpine:3"),
+    )
+    assert ghcr.used_images == {"ghcr.io/o/tool:1": BOTH, "alpine:3": BOTH}
+    assert target(make_image("img")).used_images == {}
+
+
+@pytest.mark.parametrize(
+    ("used", "expected"),
+    [
+        (("$DOCKER_REPOSITORY/tool:latest",), frozenset({0})),
+        (("${DOCKER_REPOSITORY}/tool",), frozenset({0})),
+        (("ghcr.io/o/tool",), frozenset({0})),
+        (("ghcr.io/o/tool:2",), frozenset()),  # another tag
+        (("alpine:3",), frozenset()),  # not an image of the file
+        (("scratch",), frozenset()),
+        (("$DOCKER_REPOSITORY/app",), frozenset()),  # its own previous version
+        (("$DOCKER_REPOSITORY/tool", "$DOCKER_REPOSITORY/lib:1"), frozenset({0, 2})),
+    ],
+)
+def test_image_graph_pulled_file_images_are_bases(used, expected):
+    """An image pulled by a build (COPY --from and the like) that the file
+    builds is built first, as a base is."""
+    images = [
+        make_image("tool"),
+        using(make_image("app"), *used),
+        make_image("lib:1"),
+    ]
+    assert graph_of(images) == [frozenset(), expected, frozenset()]
+    assert [
+        n.position for n in db.build_order(db.image_graph(images, GHCR, never_forced))
+    ] == ([0, 2, 1] if 2 in expected else [0, 1, 2])
+
+
+def test_image_graph_pulled_and_base_together():
+    """Built on one image of the file and pulling another: both are bases."""
+    images = [
+        using(make_image("app", "$DOCKER_REPOSITORY/base"), "$DOCKER_REPOSITORY/tool"),
+        make_image("base"),
+        make_image("tool"),
+    ]
+    assert graph_of(images, REPOS) == [frozenset({1, 2}), frozenset(), frozenset()]
+
+
 # ----------------------------------------------------------------------------
 # build_order and its cycles
 # ----------------------------------------------------------------------------
@@ -595,6 +687,289 @@ def test_context_evidence_keeps_the_registry_finding():
 
 
 # ----------------------------------------------------------------------------
+# Recorded inputs: Inputs and its label, options_digest, recorded_inputs,
+# used_digests, inputs_evidence
+# ----------------------------------------------------------------------------
+
+DIGEST_1 = "sha256:" + "1" * 64
+DIGEST_2 = "sha256:" + "2" * 64
+TOOL = "ghcr.io/o/tool:1"
+LIB = "ghcr.io/o/lib:1"
+RECORDED = db.Inputs(CONTEXT, "sha256:o", {LIB: DIGEST_1, TOOL: DIGEST_2})
+
+
+def test_inputs_label_is_compact_sorted_json():
+    inputs = db.Inputs(
+        "sha256:c",
+        "sha256:o",
+        {
+            "z/tool:1": "sha256:1",
+            "a/lib:1": {"linux/arm64": "sha256:3", "linux/amd64": "sha256:2"},
+        },
+    )
+    assert inputs.label == (
+        '{"context":"sha256:c","images":{"a/lib:1":{"linux/amd64":"sha256:2",'
+        '"linux/arm64":"sha256:3"},"z/tool:1":"sha256:1"},"options":"sha256:o",'
+        '"version":1}'
+    )
+    assert db.Inputs("c", "o", {}).label == (
+        '{"context":"c","images":{},"options":"o","version":1}'
+    )
+    assert db.INPUTS_LABEL == "docker_build.inputs"
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        db.Inputs(CONTEXT, "sha256:o", {}),
+        RECORDED,
+        db.Inputs(CONTEXT, "sha256:o", {TOOL: {"linux/amd64": DIGEST_1}}),
+        db.Inputs(CONTEXT, "sha256:o", {TOOL: None}),
+    ],
+)
+def test_inputs_label_round_trip(inputs):
+    assert db.Inputs.from_label(inputs.label) == inputs
+
+
+def test_inputs_from_label_reads_what_it_says():
+    assert db.Inputs.from_label(
+        '{"version": 1, "options": "o", "context": "c", "images": {"t": "d"}}'
+    ) == db.Inputs("c", "o", {"t": "d"})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"version":2,"context":"c","options":"o","images":{}}',  # newer
+        '{"version":0,"context":"c","options":"o","images":{}}',
+        '{"version":"1","context":"c","options":"o","images":{}}',
+        '{"context":"c","options":"o","images":{}}',  # no version
+        '{"version":1,"options":"o","images":{}}',  # no context
+        '{"version":1,"context":"c","images":{}}',  # no options
+        '{"version":1,"context":"c","options":"o"}',  # no images
+        '{"version":1,"context":1,"options":"o","images":{}}',
+        '{"version":1,"context":"c","options":null,"images":{}}',
+        '{"version":1,"context":"c","options":"o","images":[]}',
+        "[1]",
+        '"text"',
+        "",
+        "{",
+        "not json",
+    ],
+)
+def test_inputs_from_label_unknown_formats(text):
+    assert db.Inputs.from_label(text) is None
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ((), "sha256:" + NO_OPTIONS_HEX),
+        (
+            ("--build-arg", "DOCKER_REPOSITORY=ghcr.io/o"),
+            "sha256:" + GHCR_OPTIONS_HEX,
+        ),
+        (
+            ["a", "b"],
+            "sha256:0473ef2dc0d324ab659d3580c1134e9d812035905c4781fdd6d529b0c6860e13",
+        ),
+        # order matters
+        (
+            ["b", "a"],
+            "sha256:02d8bc3008a9bb0dcc4b86d7fd3428ced792355c733c19756bec5a56dc61b2c5",
+        ),
+    ],
+)
+def test_options_digest(options, expected):
+    """sha256 of the options as compact JSON, in order."""
+    assert db.options_digest(options) == expected
+
+
+def labelled(label, digest=None):
+    return db.ImageInfo(CREATED, ("sha256:b",), digest, label)
+
+
+@pytest.mark.parametrize(
+    ("pushed", "expected"),
+    [
+        ({"linux/amd64": labelled(RECORDED.label)}, RECORDED),
+        (dict.fromkeys(BOTH, labelled(RECORDED.label)), RECORDED),
+        # one platform image lacks the label, or the platform
+        (
+            {"linux/amd64": labelled(RECORDED.label), "linux/arm64": labelled(None)},
+            None,
+        ),
+        ({"linux/amd64": labelled(RECORDED.label), "linux/arm64": None}, None),
+        ({"linux/amd64": labelled(None)}, None),
+        ({"linux/amd64": labelled("")}, None),
+        # they differ
+        (
+            {
+                "linux/amd64": labelled(RECORDED.label),
+                "linux/arm64": labelled(db.Inputs(CONTEXT, "sha256:o", {}).label),
+            },
+            None,
+        ),
+        # a format this version does not know
+        ({"linux/amd64": labelled('{"version":2}')}, None),
+    ],
+    ids=[
+        "one",
+        "all-agree",
+        "one-lacks-label",
+        "one-lacks-platform",
+        "no-label",
+        "empty-label",
+        "differ",
+        "unknown-version",
+    ],
+)
+def test_recorded_inputs(pushed, expected):
+    assert db.recorded_inputs(pushed) == expected
+
+
+def digested(digest):
+    return db.ImageInfo(CREATED, ("sha256:t",), digest)
+
+
+@pytest.mark.parametrize(
+    ("platforms", "found", "built_for", "expected"),
+    [
+        (AMD, {"linux/amd64": digested(DIGEST_1)}, AMD, DIGEST_1),
+        (
+            BOTH,
+            {"linux/amd64": digested(DIGEST_1), "linux/arm64": digested(DIGEST_2)},
+            BOTH,
+            {"linux/amd64": DIGEST_1, "linux/arm64": DIGEST_2},
+        ),
+        # pulled for one platform of a build for two
+        (
+            ("linux/arm64",),
+            {"linux/arm64": digested(DIGEST_2)},
+            BOTH,
+            {"linux/arm64": DIGEST_2},
+        ),
+    ],
+    ids=["one-platform", "several", "pulled-for-one-of-two"],
+)
+def test_used_digests(platforms, found, built_for, expected):
+    """One digest for a build for one platform, else one per platform."""
+    assert db.used_digests(TOOL, platforms, found, built_for) == expected
+
+
+@pytest.mark.parametrize(
+    ("platforms", "found", "message"),
+    [
+        (AMD, None, f"Missing image used by the build: {TOOL}"),
+        (
+            BOTH,
+            {"linux/amd64": digested(DIGEST_1), "linux/arm64": None},
+            f"Missing image used by the build: {TOOL} for linux/arm64",
+        ),
+        (
+            AMD,
+            {"linux/amd64": digested(None)},
+            f"Missing image used by the build: {TOOL} for linux/amd64",
+        ),
+    ],
+    ids=["image", "platform", "digest"],
+)
+def test_used_digests_missing(platforms, found, message):
+    assert fatal_message(db.used_digests, TOOL, platforms, found, platforms) == message
+
+
+UP_TO_DATE_EVIDENCE = db.Evidence(None, T_CREATED, True)
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        (RECORDED, None),
+        (
+            dataclasses.replace(RECORDED, context=OTHER_CONTEXT),
+            db.Cause(db.Reason.CONTEXT),
+        ),
+        (
+            dataclasses.replace(RECORDED, options="sha256:p"),
+            db.Cause(db.Reason.OPTIONS),
+        ),
+        # context first, then options
+        (
+            db.Inputs(OTHER_CONTEXT, "sha256:p", {}),
+            db.Cause(db.Reason.CONTEXT),
+        ),
+        (
+            db.Inputs(CONTEXT, "sha256:p", {}),
+            db.Cause(db.Reason.OPTIONS),
+        ),
+        # an image differs, is added or removed: the first by name
+        (
+            db.Inputs(CONTEXT, "sha256:o", {LIB: DIGEST_1, TOOL: DIGEST_1}),
+            db.Cause(db.Reason.IMAGE, TOOL),
+        ),
+        (
+            db.Inputs(CONTEXT, "sha256:o", {LIB: DIGEST_2, TOOL: DIGEST_1}),
+            db.Cause(db.Reason.IMAGE, LIB),
+        ),
+        (
+            db.Inputs(
+                CONTEXT, "sha256:o", {LIB: DIGEST_1, TOOL: DIGEST_2, "a/new:1": "x"}
+            ),
+            db.Cause(db.Reason.IMAGE, "a/new:1"),
+        ),
+        (
+            db.Inputs(CONTEXT, "sha256:o", {LIB: DIGEST_1}),
+            db.Cause(db.Reason.IMAGE, TOOL),
+        ),
+        (
+            db.Inputs(
+                CONTEXT, "sha256:o", {LIB: DIGEST_1, TOOL: {"linux/amd64": DIGEST_2}}
+            ),
+            db.Cause(db.Reason.IMAGE, TOOL),
+        ),
+    ],
+    ids=[
+        "equal",
+        "context",
+        "options",
+        "context-before-options",
+        "options-before-images",
+        "image-differs",
+        "first-by-name",
+        "image-added",
+        "image-removed",
+        "per-platform-now",
+    ],
+)
+def test_inputs_evidence(current, expected):
+    """The first input that differs is the finding; the evidence keeps
+    both records."""
+    assert db.inputs_evidence(UP_TO_DATE_EVIDENCE, RECORDED, current) == db.Evidence(
+        expected, T_CREATED, True, recorded=RECORDED, current=current
+    )
+
+
+def test_inputs_evidence_keeps_the_registry_finding():
+    evidence = db.Evidence(BASE_CHANGED, T_CREATED, False)
+    current = db.Inputs(OTHER_CONTEXT, "sha256:p", {})
+    assert db.inputs_evidence(evidence, RECORDED, current) == db.Evidence(
+        BASE_CHANGED, T_CREATED, False, recorded=RECORDED, current=current
+    )
+
+
+@pytest.mark.parametrize(
+    ("reason", "detail", "text"),
+    [
+        (db.Reason.CONTEXT, None, "Build context changed"),
+        (db.Reason.OPTIONS, None, "Build options changed"),
+        (db.Reason.IMAGE, TOOL, f"Image used by the build changed: {TOOL}"),
+    ],
+)
+def test_inputs_reasons_text(reason, detail, text):
+    assert db.Cause(reason, detail).text == text
+
+
+# ----------------------------------------------------------------------------
 # Planner.check: the evidence for one target
 # ----------------------------------------------------------------------------
 
@@ -733,6 +1108,133 @@ def test_check_untagged_base_never_compared(context, base):
     registries = FakeRegistries({"user/img:latest": info("sha256:i")})
     assert db.Planner(registries, context).check(target(image, "user")).finding is None
     assert registries.calls == [base, "user/img:latest"]
+
+
+def pushed_with(label):
+    """A pushed image on BASE's layer, labelled with `label`."""
+    return db.ImageInfo(CREATED, ("sha256:b", "sha256:i"), "sha256:" + "9" * 64, label)
+
+
+PULLS_TOOL = using(IMG, "$DOCKER_REPOSITORY/tool:1")
+
+
+@pytest.mark.parametrize(
+    ("image", "recorded", "expected"),
+    [
+        (IMG, inputs_of(target(IMG)), None),
+        (
+            IMG,
+            inputs_of(target(IMG), context=OTHER_CONTEXT),
+            db.Cause(db.Reason.CONTEXT),
+        ),
+        (
+            IMG,
+            db.Inputs(CONTEXT, db.options_digest(["--pull"]), {}),
+            db.Cause(db.Reason.OPTIONS),
+        ),
+        (PULLS_TOOL, inputs_of(target(PULLS_TOOL), {TOOL: DIGEST_1}), None),
+        (
+            PULLS_TOOL,
+            inputs_of(target(PULLS_TOOL), {TOOL: DIGEST_2}),
+            db.Cause(db.Reason.IMAGE, TOOL),
+        ),
+        (
+            PULLS_TOOL,
+            inputs_of(target(PULLS_TOOL)),
+            db.Cause(db.Reason.IMAGE, TOOL),
+        ),
+    ],
+    ids=["same", "context", "options", "image-same", "image-changed", "image-added"],
+)
+@pytest.mark.parametrize("explain", [False, True])
+def test_check_labelled_image_compares_inputs(image, recorded, expected, explain):
+    """With a record of its inputs an image is decided by them: its
+    context is digested, the images it pulls looked up, and when its
+    directory last changed is never asked."""
+    contexts = FakeContexts()  # a question about times fails the test
+    registries = FakeRegistries(
+        {
+            BASE: info("sha256:b"),
+            TARGET: pushed_with(recorded.label),
+            TOOL: digested(DIGEST_1),
+        }
+    )
+    current = inputs_of(target(image), {TOOL: DIGEST_1} if image.uses else {})
+    assert db.Planner(registries, contexts, explain).check(target(image)) == (
+        db.Evidence(expected, T_CREATED, True, recorded=recorded, current=current)
+    )
+    assert contexts.calls == []
+    assert contexts.digested == ["img"]
+    assert registries.calls == [BASE, TARGET, *([TOOL] if image.uses else [])]
+
+
+def test_check_labelled_image_needs_no_git(git_fails):
+    """A labelled image is decided without asking git when its directory
+    changed."""
+    recorded = inputs_of(target(IMG))
+    registries = FakeRegistries(
+        {BASE: info("sha256:b"), TARGET: pushed_with(recorded.label)}
+    )
+    evidence = db.Planner(registries, git_fails).check(target(IMG))
+    assert evidence == db.Evidence(
+        None, T_CREATED, True, recorded=recorded, current=recorded
+    )
+    assert git_fails.calls == []
+
+
+@pytest.mark.parametrize(
+    "label", [None, '{"version":2}', "not json"], ids=["none", "newer", "malformed"]
+)
+def test_check_unlabelled_image_falls_back_to_times(context, label):
+    """Without a record it can read, an image is decided by when its
+    directory last changed; its context is not digested."""
+    registries = FakeRegistries({BASE: info("sha256:b"), TARGET: pushed_with(label)})
+    assert db.Planner(registries, context).check(target(IMG)) == db.Evidence(
+        None, T_CREATED, True, BY_COMMIT
+    )
+    assert context.calls == ["img"]
+    assert context.digested == []
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_check_labelled_image_with_base_changed(explain):
+    """The registry's finding stops a plain check; explaining adds the
+    inputs, keeping that finding."""
+    contexts = FakeContexts()
+    recorded = inputs_of(target(IMG), context=OTHER_CONTEXT)
+    registries = FakeRegistries(
+        {BASE: info("sha256:new"), TARGET: pushed_with(recorded.label)}
+    )
+    evidence = db.Planner(registries, contexts, explain).check(target(IMG))
+    if explain:
+        assert evidence == db.Evidence(
+            BASE_CHANGED,
+            T_CREATED,
+            False,
+            recorded=recorded,
+            current=inputs_of(target(IMG)),
+        )
+        assert contexts.digested == ["img"]
+    else:
+        assert evidence == db.Evidence(BASE_CHANGED, T_CREATED, False)
+        assert contexts.digested == []
+    assert contexts.calls == []
+
+
+def test_check_labelled_image_missing_a_pulled_image():
+    """What a build pulls must exist (with a digest)."""
+    recorded = inputs_of(target(PULLS_TOOL), {TOOL: DIGEST_1})
+    registries = FakeRegistries(
+        {BASE: info("sha256:b"), TARGET: pushed_with(recorded.label), TOOL: None}
+    )
+    planner = db.Planner(registries, FakeContexts())
+    assert fatal_message(planner.check, target(PULLS_TOOL)) == (
+        f"Missing image used by the build: {TOOL}"
+    )
+    registries.infos[TOOL] = digested(None)
+    assert fatal_message(planner.check, target(PULLS_TOOL)) == (
+        f"Missing image used by the build: {TOOL} for linux/amd64"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -877,6 +1379,49 @@ def test_decide_stops_at_the_deciding_target(files_context, explain):
     assert files_context.calls == []
 
 
+TOOL_BASED = using(
+    make_image("app", "$DOCKER_REPOSITORY/base"), "$DOCKER_REPOSITORY/tool:1"
+)
+
+
+@pytest.mark.parametrize(
+    ("rebuilt", "expected"),
+    [
+        (frozenset(), []),
+        (frozenset({key(TOOL)}), [TOOL]),
+        (frozenset({key(BASE)}), [BASE]),
+        (frozenset({key(BASE), key(TOOL)}), [BASE, TOOL]),  # the base first
+        (frozenset({key("docker.io/user/tool:1")}), []),  # another repository
+    ],
+)
+def test_rebuilt_images(rebuilt, expected):
+    assert db.rebuilt_images(target(TOOL_BASED), rebuilt) == expected
+
+
+def test_decide_image_names_a_rebuilt_pulled_image():
+    """An image pulling an image that will be rebuilt is rebuilt after it,
+    unchecked; a target that pulls none of them names the first one."""
+    image = node(using(make_image("app"), "$DOCKER_REPOSITORY/tool:1"))
+    t0, t1 = image.targets
+
+    def check(checked):
+        pytest.fail(f"checked {checked.full_name}")
+
+    cause = db.Cause(db.Reason.DEPENDENCY, TOOL)
+    decided = db.decide_image(image, frozenset({key(TOOL)}), check)
+    assert decided == db.ImagePlan(
+        image, (db.Decision(t0, cause), db.Decision(t1, cause))
+    )
+    assert decided.decisions[0].cause.text == f"Base image will be rebuilt: {TOOL}"
+    # a rebuilt base is named before a rebuilt pulled image
+    both = node(TOOL_BASED)
+    rebuilt = frozenset({key(TOOL), key(BASE), key("docker.io/user/tool:1")})
+    assert [d.cause for d in db.decide_image(both, rebuilt, check).decisions] == [
+        db.Cause(db.Reason.DEPENDENCY, "docker.io/user/tool:1"),
+        db.Cause(db.Reason.DEPENDENCY, BASE),
+    ]
+
+
 # ----------------------------------------------------------------------------
 # Planner.plan: a whole configuration
 # ----------------------------------------------------------------------------
@@ -929,8 +1474,13 @@ def test_plan_explain_ignores_git_failure_of_decided_target(git_fails):
     expected = db.ImagePlan(
         image,
         (
-            db.Decision(t0, BASE_CHANGED, db.Evidence(BASE_CHANGED, T_CREATED, False)),
-            db.Decision(t1, BASE_CHANGED, None),
+            db.Decision(
+                t0,
+                BASE_CHANGED,
+                db.Evidence(BASE_CHANGED, T_CREATED, False),
+                inputs_of(t0),
+            ),
+            db.Decision(t1, BASE_CHANGED, None, inputs_of(t1)),
         ),
     )
     assert plain == explained == db.Plan((expected,))
@@ -976,8 +1526,8 @@ def test_plan_second_repository_decides(files_context):
         db.ImagePlan(
             image,
             (
-                db.Decision(t0, MISSING, CHECKED),
-                db.Decision(t1, MISSING, db.Evidence(MISSING)),
+                db.Decision(t0, MISSING, CHECKED, inputs_of(t0)),
+                db.Decision(t1, MISSING, db.Evidence(MISSING), inputs_of(t1)),
             ),
         ),
     )
@@ -988,16 +1538,19 @@ def test_plan_forced_without_lookups(context):
     registries = FakeRegistries({})
     image = node(IMG, forced=True)
     t0, t1 = image.targets
-    expected = db.Plan(
-        (db.ImagePlan(image, (db.Decision(t0, FORCED), db.Decision(t1, FORCED))),)
+    decisions = (
+        db.Decision(t0, FORCED, inputs=inputs_of(t0)),
+        db.Decision(t1, FORCED, inputs=inputs_of(t1)),
     )
+    expected = db.Plan((db.ImagePlan(image, decisions),))
     assert plan([IMG], REPOS, registries, context, ["img:latest"]) == expected
     assert plan([IMG], REPOS, registries, context, all_flag=True) == expected
     assert registries.calls == []
     assert context.calls == []
-    # nor anything asked for up front
+    # nor anything looked up up front; only its context is digested (its
+    # build records the digest)
     assert registries.prefetched == []
-    assert context.prefetched == []
+    assert context.prefetched == ["img", "img"]
 
 
 def test_plan_full_name(context):
@@ -1008,7 +1561,8 @@ def test_plan_full_name(context):
     assert plan([image], REPOS, registries, context) == db.Plan(
         (
             db.ImagePlan(
-                node(image), (db.Decision(only, MISSING, db.Evidence(MISSING)),)
+                node(image),
+                (db.Decision(only, MISSING, db.Evidence(MISSING), inputs_of(only)),),
             ),
         )
     )
@@ -1201,7 +1755,13 @@ def test_plan_propagates_without_lookups(context):
     (t0,) = app.targets
     assert made.images[1] == db.ImagePlan(
         app,
-        (db.Decision(t0, db.Cause(db.Reason.DEPENDENCY, "ghcr.io/o/base:latest")),),
+        (
+            db.Decision(
+                t0,
+                db.Cause(db.Reason.DEPENDENCY, "ghcr.io/o/base:latest"),
+                inputs=inputs_of(t0),
+            ),
+        ),
     )
     # app's missing base is never looked up: it will be built first
     assert registries.calls == ["NONE", "ghcr.io/o/base:latest"]
@@ -1240,7 +1800,8 @@ def test_plan_transitive(context):
         ("NONE", AMD),
         ("ghcr.io/o/other:latest", AMD),
     ]
-    assert context.prefetched == ["top:3", "mid:2", "other"]
+    # every context is digested up front, the forced image's too
+    assert context.prefetched == ["top:3", "mid:2", "base:1", "other"]
 
 
 def test_plan_up_to_date_base_and_dependent(context):
@@ -1260,6 +1821,77 @@ def test_plan_up_to_date_base_and_dependent(context):
         "ghcr.io/o/app:latest",
     ]
     assert context.calls == ["base", "app"]
+
+
+ALPINE_DIGEST = "sha256:" + "a" * 64
+
+
+def test_plan_gives_rebuilt_images_their_inputs():
+    """Every decision of a rebuilt image carries the inputs its build
+    records: the deciding target's from its evidence, the others' asked
+    now; an image this run rebuilds is not known yet (None). Up-to-date
+    images carry none."""
+    images = [
+        using(make_image("app", directory="a"), "$DOCKER_REPOSITORY/tool:latest"),
+        make_image("tool", directory="t"),
+        using(make_image("lone", directory="l"), "alpine:3"),
+        make_image("fine", directory="f"),
+    ]
+    hub, ghcr = (target(images[2], repository) for repository in REPOS)
+    contexts = FakeContexts(digests={"l": OTHER_CONTEXT})
+    registries = FakeRegistries(
+        {
+            "docker.io/user/lone:latest": pushed_with(
+                inputs_of(hub, {"alpine:3": ALPINE_DIGEST}).label
+            ),
+            "alpine:3": digested(ALPINE_DIGEST),
+            **{
+                full: pushed_with(inputs_of(target(images[3], repository)).label)
+                for repository in REPOS
+                for full in [f"{repository}/fine:latest"]
+            },
+        }
+    )
+    made = plan(images, REPOS, registries, contexts, ["tool"])
+    assert reasons(made) == [
+        ("tool", REASON_FORCED),
+        ("app", "Base image will be rebuilt: docker.io/user/tool:latest"),
+        ("lone", "Build context changed"),
+        ("fine", None),
+    ]
+    tool, app, lone, fine = made.images
+    assert [d.inputs for d in tool.decisions] == [
+        inputs_of(t) for t in tool.node.targets
+    ]
+    assert [d.inputs for d in app.decisions] == [
+        inputs_of(t, {f"{repository}/tool:latest": None})
+        for t, repository in zip(app.node.targets, REPOS, strict=True)
+    ]
+    lone_inputs = [
+        inputs_of(t, {"alpine:3": ALPINE_DIGEST}, OTHER_CONTEXT) for t in (hub, ghcr)
+    ]
+    assert [d.inputs for d in lone.decisions] == lone_inputs
+    assert lone.decisions[0].evidence.current == lone_inputs[0]
+    assert [d.inputs for d in fine.decisions] == [None, None]
+    assert contexts.calls == []
+    # the images pulled are asked for up front, for every image
+    assert registries.prefetched[-4:] == [
+        ("docker.io/user/tool:latest", AMD),
+        ("ghcr.io/o/tool:latest", AMD),
+        ("alpine:3", AMD),
+        ("alpine:3", AMD),
+    ]
+    assert contexts.prefetched == ["app", "tool", "lone", "fine"]
+
+
+def test_plan_fails_on_a_missing_pulled_image():
+    """A rebuilt image records the digests of what it pulls: one missing
+    ends the run."""
+    images = [using(make_image("app"), "alpine:3")]
+    registries = FakeRegistries({"alpine:3": None})
+    assert fatal_message(plan, images, GHCR, registries, FakeContexts(), ["app"]) == (
+        "Missing image used by the build: alpine:3"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -1333,8 +1965,24 @@ def test_build_bases_first(monkeypatch, capsys, context):
         "*** ghcr.io/o/img\n"
         "Reason: Base image will be rebuilt: ghcr.io/o/base:latest\n\n\n"
     )
+    # each build records its inputs: the context and options digests
     assert run.calls == [
-        (["docker", "buildx", "build", "--push", "--tag", BASE, "b"], environ, True),
+        (
+            [
+                "docker",
+                "buildx",
+                "build",
+                "--label",
+                f'docker_build.inputs={{"context":"{CONTEXT}","images":{{}},'
+                f'"options":"sha256:{NO_OPTIONS_HEX}","version":1}}',
+                "--push",
+                "--tag",
+                BASE,
+                "b",
+            ],
+            environ,
+            True,
+        ),
         (
             [
                 "docker",
@@ -1342,6 +1990,9 @@ def test_build_bases_first(monkeypatch, capsys, context):
                 "build",
                 "--build-arg",
                 "DOCKER_REPOSITORY=ghcr.io/o",
+                "--label",
+                f'docker_build.inputs={{"context":"{CONTEXT}","images":{{}},'
+                f'"options":"sha256:{GHCR_OPTIONS_HEX}","version":1}}',
                 "--push",
                 "--tag",
                 TARGET,
@@ -1483,6 +2134,8 @@ def test_plan_document_nothing_to_do():
                     "reason": None,
                     "result": None,
                     "exit_code": None,
+                    # unchecked and up to date: neither input is known
+                    "inputs": {"recorded": None, "current": None},
                 }
             ],
         }
@@ -1586,6 +2239,61 @@ T_CHANGED = 1767225600  # 2026-01-01T00:00:00Z
 )
 def test_describe_evidence(evidence, expected):
     assert db.describe_evidence(evidence) == expected
+
+
+@pytest.mark.parametrize(
+    ("recorded", "current", "finding", "facts"),
+    [
+        (
+            db.Inputs("sha256:c", "sha256:o", {}),
+            db.Inputs("sha256:c", "sha256:o", {}),
+            None,
+            "context sha256:c; options sha256:o; up to date",
+        ),
+        (
+            db.Inputs("sha256:c", "sha256:o", {TOOL: "sha256:1"}),
+            db.Inputs("sha256:d", "sha256:p", {TOOL: "sha256:1"}),
+            db.Cause(db.Reason.CONTEXT),
+            "context sha256:c -> sha256:d; options sha256:o -> sha256:p; "
+            f"image {TOOL} sha256:1; Build context changed",
+        ),
+        (
+            db.Inputs(
+                "sha256:c", "sha256:o", {TOOL: "sha256:1", "a/gone:1": "sha256:g"}
+            ),
+            db.Inputs(
+                "sha256:c",
+                "sha256:o",
+                {TOOL: {"linux/amd64": "sha256:2"}, LIB: None},
+            ),
+            db.Cause(db.Reason.IMAGE, "a/gone:1"),
+            "context sha256:c; options sha256:o; image a/gone:1 sha256:g -> none; "
+            f"image {LIB} none; "
+            f'image {TOOL} sha256:1 -> {{"linux/amd64": "sha256:2"}}; '
+            "Image used by the build changed: a/gone:1",
+        ),
+    ],
+    ids=["equal", "context-and-options", "images"],
+)
+def test_describe_evidence_with_inputs(recorded, current, finding, facts):
+    """A labelled image shows each input, recorded -> current where they
+    differ."""
+    evidence = db.Evidence(finding, T_CREATED, True, recorded=recorded, current=current)
+    assert db.describe_evidence(evidence) == (
+        f"image created 2024-01-02T03:04:05Z; base layer found; {facts}"
+    )
+
+
+def test_describe_evidence_needs_both_inputs():
+    """Only the current inputs (an image without a record): no input is
+    shown."""
+    evidence = db.Evidence(
+        None, T_CREATED, True, BY_COMMIT, current=db.Inputs("c", "o", {})
+    )
+    assert db.describe_evidence(evidence) == (
+        "image created 2024-01-02T03:04:05Z; base layer found; "
+        "context changed 2024-01-02T03:04:04Z (commit); up to date"
+    )
 
 
 def test_explain_a_decision_without_evidence(capsys):

@@ -701,6 +701,7 @@ def test_fetch_image_oci_manifest_without_media_type(images):
     expected = db.ImageInfo(
         datetime.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
         ("sha256:a", "sha256:b"),
+        digest,
     )
     assert images.fetch("img", AMD) == {"linux/amd64": expected}
     config_digest = json.loads(images.manifests[digest][0])["config"]["digest"]
@@ -712,16 +713,16 @@ def test_fetch_image_oci_manifest_without_media_type(images):
 
 
 def test_fetch_image_single_platform_image_lacks_other_platforms(images):
-    images.add_image(config_doc(arch="amd64"), "1")
+    digest = images.add_image(config_doc(arch="amd64"), "1")
     assert images.fetch("ghcr.io/o/img:1", BOTH) == {
-        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",)),
+        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",), digest),
         "linux/arm64": None,
     }
 
 
 def test_fetch_image_config_without_platform_serves_every_platform(images):
-    images.add_image(config_doc(arch=None), "latest")
-    info = db.ImageInfo(CREATED_Z, ("sha256:a",))
+    digest = images.add_image(config_doc(arch=None), "latest")
+    info = db.ImageInfo(CREATED_Z, ("sha256:a",), digest)
     assert images.fetch("img", BOTH) == {"linux/amd64": info, "linux/arm64": info}
 
 
@@ -730,7 +731,7 @@ def test_fetch_image_docker_manifest_by_digest(images):
         config_doc(), media_type="application/vnd.docker.distribution.manifest.v2+json"
     )
     assert images.fetch("img@" + digest, AMD) == {
-        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",))
+        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",), digest)
     }
     assert images.calls[1] == ("manifest", "library/img", digest)
 
@@ -744,8 +745,8 @@ def test_fetch_image_index_without_media_type(images):
     )
     platforms = ("linux/amd64", "linux/arm64/v8", "linux/arm/v7")
     assert images.fetch("img", platforms) == {
-        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:x",)),
-        "linux/arm64/v8": db.ImageInfo(CREATED_Z, ("sha256:y",)),
+        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:x",), amd),
+        "linux/arm64/v8": db.ImageInfo(CREATED_Z, ("sha256:y",), arm),
         "linux/arm/v7": None,
     }
 
@@ -773,8 +774,8 @@ def test_fetch_image_index_with_attestation_and_entry_without_platform(images):
         "1",
     )
     assert images.fetch("ghcr.io/o/img:1", ("linux/arm64", "linux/amd64")) == {
-        "linux/arm64": db.ImageInfo(CREATED_Z, ("sha256:a",)),
-        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",)),
+        "linux/arm64": db.ImageInfo(CREATED_Z, ("sha256:a",), arm),
+        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",), amd),
     }
     fetched = [call[2] for call in images.calls if call[0] == "manifest"]
     assert fetched == ["1", arm, amd]
@@ -788,7 +789,7 @@ def test_fetch_image_content_type_header_fallback(images):
         headers={"Content-Type": DOCKER_LIST + "; charset=utf-8"},
     )
     assert images.fetch("img", AMD) == {
-        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",))
+        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",), amd)
     }
 
 
@@ -824,8 +825,8 @@ def test_image_config_and_indexed_image(images):
     ref = db.parse_reference("ghcr.io/o/img")
     digest = images.add_image(config_doc("arm", variant="v7", layers=[]))
     manifest = json.loads(images.manifests[digest][0])
-    found = host.image_config(ref, manifest)
-    assert found == (db.ImageInfo(CREATED_Z, ()), ("linux", "arm", "v7"))
+    found = host.image_config(ref, manifest, digest)
+    assert found == (db.ImageInfo(CREATED_Z, (), digest), ("linux", "arm", "v7"))
     assert found[1] == db.Platform("linux", "arm", "v7")
     index = {"manifests": [entry(digest, arch="arm", variant="v7")]}
     assert host.indexed_image(ref, index, "linux/arm") == found[0]
@@ -997,12 +998,86 @@ def test_fetch_image_created_without_zone_is_utc(images):
 
 
 def test_fetch_image_empty_diff_ids_base_never_changed(images):
-    images.add_image(config_doc(layers=[]), "latest")
+    digest = images.add_image(config_doc(layers=[]), "latest")
     base = images.fetch("base", AMD)
-    assert base == {"linux/amd64": db.ImageInfo(CREATED_Z, ())}
+    assert base == {"linux/amd64": db.ImageInfo(CREATED_Z, (), digest)}
     image = {"linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:i",))}
     assert db.base_changed(base["linux/amd64"], image["linux/amd64"]) is False
     assert db.registry_evidence(base, image).finding is None
+
+
+INPUTS = '{"context":"sha256:c","images":{},"options":"sha256:o","version":1}'
+
+
+@pytest.mark.parametrize(
+    ("more", "inputs"),
+    [
+        ({"config": {"Labels": {"docker_build.inputs": INPUTS, "x": "y"}}}, INPUTS),
+        ({"config": {"Labels": {"docker_build.inputs": "not json"}}}, "not json"),
+        ({"config": {"Labels": {"docker_build.inputs": ""}}}, ""),
+        ({}, None),  # no config section
+        ({"config": None}, None),
+        ({"config": {}}, None),  # no Labels
+        ({"config": {"Labels": {"x": "y"}}}, None),  # no such label
+        ({"config": {"Labels": None}}, None),
+        ({"config": {"Labels": ["docker_build.inputs"]}}, None),
+        ({"config": {"Labels": "docker_build.inputs"}}, None),
+        ({"config": {"Labels": {"docker_build.inputs": 5}}}, None),
+        ({"config": {"Labels": {"docker_build.inputs": None}}}, None),
+        ({"config": {"Labels": {"docker_build.inputs": {"version": 1}}}}, None),
+        ({"config": {"Labels": {"docker_build.inputs": [INPUTS]}}}, None),
+        ({"config": {"labels": {"docker_build.inputs": INPUTS}}}, None),  # case
+        ({"Labels": {"docker_build.inputs": INPUTS}}, None),  # not in config
+    ],
+)
+def test_fetch_image_inputs_label(images, more, inputs):
+    """The docker_build.inputs label of the image config's Labels, as the
+    string it is; anything else (absent, Labels not an object, a value
+    that is not a string) is no record."""
+    digest = images.add_image(config_doc(**more), "1")
+    assert images.fetch("ghcr.io/o/img:1", AMD) == {
+        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",), digest, inputs)
+    }
+
+
+def test_fetch_image_index_digest_and_label_per_platform(images):
+    """In an index, each platform's ImageInfo carries the digest of its own
+    manifest (the entry's, not the index's) and the label of its own
+    config."""
+    amd = images.add_image(
+        config_doc("amd64", config={"Labels": {"docker_build.inputs": "amd"}})
+    )
+    arm = images.add_image(
+        config_doc("arm64", config={"Labels": {"docker_build.inputs": "arm"}})
+    )
+    index = images.add_manifest(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [entry(amd), entry(arm, arch="arm64")],
+        },
+        "1",
+    )
+    assert len({amd, arm, index}) == 3
+    assert images.fetch("ghcr.io/o/img:1", BOTH) == {
+        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",), amd, "amd"),
+        "linux/arm64": db.ImageInfo(CREATED_Z, ("sha256:a",), arm, "arm"),
+    }
+    # asked for by the index's digest: the same
+    assert images.fetch("ghcr.io/o/img@" + index, ("linux/arm64",)) == {
+        "linux/arm64": db.ImageInfo(CREATED_Z, ("sha256:a",), arm, "arm"),
+    }
+
+
+def test_fetch_image_plain_manifest_digest_without_header(images):
+    """A plain manifest named by a tag whose answer has no
+    Docker-Content-Digest: the digest of the manifest's content."""
+    digest = images.add_image(config_doc(), "1")
+    body, _ = images.manifests[digest]
+    images.manifests["bare"] = (body, {})
+    assert images.fetch("ghcr.io/o/img:bare", AMD) == {
+        "linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",), digest)
+    }
 
 
 def test_fetch_image_invalid_reference(http, images):
@@ -1097,7 +1172,8 @@ def test_fetch_image_cold_cache_fills_it_without_head(images, tmp_path):
     digest = images.add_image(config_doc(), "1")
     cache = db.DigestCache(str(tmp_path / "cache.json"))
     assert cache.warm is False
-    found = {"linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:a",)), "linux/arm64": None}
+    info = db.ImageInfo(CREATED_Z, ("sha256:a",), digest)
+    found = {"linux/amd64": info, "linux/arm64": None}
     assert images.fetch("ghcr.io/o/img:1", BOTH, cache) == found
     assert [call[0] for call in images.calls] == ["probe", "manifest", "blob"]
     assert cache.get(digest, BOTH) == found
@@ -1122,7 +1198,7 @@ def test_fetch_image_warm_cache_misses(images, tmp_path):
     digest = images.add_image(config_doc(), "1")
     cached = {"linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:cached",))}
     cache = warm_cache(tmp_path, OTHER, cached)
-    info = db.ImageInfo(CREATED_Z, ("sha256:a",))
+    info = db.ImageInfo(CREATED_Z, ("sha256:a",), digest)
     assert images.fetch("ghcr.io/o/img:1", AMD, cache) == {"linux/amd64": info}
     kinds = [call[0] for call in images.calls]
     assert kinds == ["probe", "head", "manifest", "blob"]
@@ -1146,7 +1222,9 @@ def test_fetch_image_warm_cache_head_not_found(images, tmp_path):
 # Registries and the look-up pool
 # ----------------------------------------------------------------------------
 
-INFO = db.ImageInfo(CREATED, ("sha256:a", "sha256:b"))
+PLATFORM_DIGEST = "sha256:" + "3" * 64
+LABEL = '{"context":"sha256:c","images":{},"options":"sha256:o","version":1}'
+INFO = db.ImageInfo(CREATED, ("sha256:a", "sha256:b"), PLATFORM_DIGEST, LABEL)
 INFO_AMD = {"linux/amd64": INFO}
 
 
@@ -1316,6 +1394,136 @@ def test_registries_prefetch_retries(fetches, monkeypatch):
     assert fatal_message(registries.lookup, "down", AMD) == "down: refused"
     assert fetches.calls.count(("flaky", AMD)) == 3
     assert fetches.calls.count(("down", AMD)) == db.RETRY_ATTEMPTS
+    registries.close()
+
+
+def test_registries_fetch_now_asks_again(fetches):
+    """fetch_now looks the image up again, in the calling thread, even
+    when the same look-up was made (and remembered) before; it leaves
+    what lookup remembers as it was."""
+    old = {"linux/amd64": db.ImageInfo(CREATED, ("sha256:a",), DIGEST)}
+    new = {"linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:b",), OTHER)}
+    newest = {"linux/amd64": db.ImageInfo(CREATED_Z, ("sha256:c",), THIRD)}
+    threads = []
+
+    def answer(found):
+        def work(_platforms):
+            threads.append(threading.current_thread())
+            return found
+
+        return work
+
+    fetches.answers = {"ghcr.io/o/tool:1": [answer(old), answer(new), answer(newest)]}
+    registries = db.Registries(credentials(), jobs=2)
+    assert registries.lookup("ghcr.io/o/tool:1", AMD) == old
+    assert registries.fetch_now("ghcr.io/o/tool:1", AMD) == new
+    assert registries.fetch_now("ghcr.io/o/tool:1", AMD) == newest
+    assert registries.lookup("ghcr.io/o/tool:1", AMD) == old  # the memo
+    assert fetches.calls == [("ghcr.io/o/tool:1", AMD)] * 3
+    assert fetches.hosts == [registries.host("ghcr.io")] * 3
+    assert threads[0] is not threading.current_thread()  # the pool's
+    assert threads[1:] == [threading.current_thread()] * 2
+    registries.close()
+
+
+def test_registries_fetch_now_retries(fetches, monkeypatch):
+    """fetch_now retries what may go away, and gives up as lookup does."""
+    monkeypatch.setattr(db, "RETRY_FIRST_DELAY", 0.001)
+    refused_error = requests.exceptions.ConnectionError("refused")
+    fetches.answers = {"flaky": [refused_error, INFO_AMD], "down": refused_error}
+    registries = db.Registries(credentials())
+    assert registries.fetch_now("flaky", AMD) == INFO_AMD
+    assert fatal_message(registries.fetch_now, "down", AMD) == "down: refused"
+    assert fetches.calls.count(("flaky", AMD)) == 2
+    assert fetches.calls.count(("down", AMD)) == db.RETRY_ATTEMPTS
+    registries.close()
+
+
+TOOL_IMAGE = "ghcr.io/o/tool:1"
+KNOWN_IMAGE = "ghcr.io/o/known:1"
+
+
+def used_target(platforms, uses):
+    """A target built for `platforms` that pulls `uses` besides its base."""
+    image = db.Image(
+        "app", "app:latest", "app", "ghcr.io/o/base:1", (), platforms, "", uses
+    )
+    (target,) = db.image_targets(image, ["ghcr.io/o"])
+    return target
+
+
+def info_of(digest):
+    return db.ImageInfo(CREATED, ("sha256:a",), digest)
+
+
+@pytest.mark.parametrize(
+    ("platforms", "found", "completed"),
+    [
+        (AMD, {"linux/amd64": info_of(OTHER)}, OTHER),
+        (
+            BOTH,
+            {"linux/amd64": info_of(OTHER), "linux/arm64": info_of(THIRD)},
+            {"linux/amd64": OTHER, "linux/arm64": THIRD},
+        ),
+    ],
+)
+def test_registries_complete_fills_unknown_digests(
+    fetches, platforms, found, completed
+):
+    """complete fills each image digest not yet known (None) from a fresh
+    look-up, made even though the image was looked up before (it may have
+    been built and pushed since): one digest for a build of one platform,
+    one per platform otherwise. Known digests are left as they are and not
+    looked up; context and options are kept."""
+    stale = dict.fromkeys(platforms, info_of(DIGEST))
+    fetches.answers = {TOOL_IMAGE: [stale, found]}
+    uses = tuple((p, image) for image in (TOOL_IMAGE, KNOWN_IMAGE) for p in platforms)
+    target = used_target(platforms, uses)
+    inputs = db.Inputs(
+        "sha256:c", "sha256:o", {TOOL_IMAGE: None, KNOWN_IMAGE: "sha256:known"}
+    )
+    registries = db.Registries(credentials())
+    assert registries.lookup(TOOL_IMAGE, platforms) == stale
+    assert registries.complete(target, inputs) == db.Inputs(
+        "sha256:c", "sha256:o", {TOOL_IMAGE: completed, KNOWN_IMAGE: "sha256:known"}
+    )
+    assert fetches.calls == [(TOOL_IMAGE, platforms)] * 2
+    assert inputs.images[TOOL_IMAGE] is None  # a new Inputs, this one unchanged
+    registries.close()
+
+
+def test_registries_complete_all_known_looks_nothing_up(fetches):
+    target = used_target(AMD, (("linux/amd64", TOOL_IMAGE),))
+    inputs = db.Inputs("sha256:c", "sha256:o", {TOOL_IMAGE: DIGEST})
+    registries = db.Registries(credentials())
+    assert registries.complete(target, inputs) == inputs
+    assert fetches.calls == []
+
+
+@pytest.mark.parametrize(
+    ("platforms", "found", "message"),
+    [
+        (AMD, None, f"Missing image used by the build: {TOOL_IMAGE}"),
+        (
+            BOTH,
+            {"linux/amd64": info_of(OTHER), "linux/arm64": None},
+            f"Missing image used by the build: {TOOL_IMAGE} for linux/arm64",
+        ),
+        (
+            AMD,
+            {"linux/amd64": db.ImageInfo(CREATED, ())},
+            f"Missing image used by the build: {TOOL_IMAGE} for linux/amd64",
+        ),
+    ],
+)
+def test_registries_complete_missing_image(fetches, platforms, found, message):
+    """An image still missing after the build (or without a digest for a
+    platform) is an error naming it."""
+    fetches.answers = {TOOL_IMAGE: found}
+    target = used_target(platforms, tuple((p, TOOL_IMAGE) for p in platforms))
+    inputs = db.Inputs("sha256:c", "sha256:o", {TOOL_IMAGE: None})
+    registries = db.Registries(credentials())
+    assert fatal_message(registries.complete, target, inputs) == message
     registries.close()
 
 
@@ -1598,6 +1806,8 @@ FOUND_JSON = {
     "linux/amd64": {
         "created": "2024-01-02T03:04:05.123456+00:00",
         "layers": ["sha256:a", "sha256:b"],
+        "digest": PLATFORM_DIGEST,
+        "inputs": LABEL,
     },
     "linux/arm64": None,
 }
@@ -1625,7 +1835,7 @@ def test_digest_cache_round_trip(tmp_path, clock, capsys):
     assert cache.changed is True
     cache.save()  # the directories are made
     assert json.loads(path.read_text()) == {
-        "version": 1,
+        "version": 2,
         "entries": {DIGEST: {"platforms": FOUND_JSON, "used": 1000.0}},
     }
     assert os.listdir(path.parent) == ["manifests.json"]
@@ -1636,6 +1846,41 @@ def test_digest_cache_round_trip(tmp_path, clock, capsys):
     assert again.get(DIGEST, ("linux/arm64",)) == {"linux/arm64": None}
     assert again.get(OTHER, AMD) is None
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("info", "facts"),
+    [
+        (
+            db.ImageInfo(CREATED, ("sha256:a",), PLATFORM_DIGEST, LABEL),
+            {"digest": PLATFORM_DIGEST, "inputs": LABEL},
+        ),
+        (
+            db.ImageInfo(CREATED, ("sha256:a",), PLATFORM_DIGEST),
+            {"digest": PLATFORM_DIGEST, "inputs": None},
+        ),
+        (db.ImageInfo(CREATED, ("sha256:a",)), {"digest": None, "inputs": None}),
+        (
+            db.ImageInfo(CREATED, (None,), None, ""),
+            {"layers": [None], "digest": None, "inputs": ""},
+        ),
+    ],
+)
+def test_digest_cache_keeps_digest_and_inputs(tmp_path, clock, info, facts):
+    """Each platform's manifest digest and inputs label are written to the
+    cache file and read back as they were (None included)."""
+    path = tmp_path / "c.json"
+    cache = db.DigestCache(str(path))
+    cache.put(DIGEST, {"linux/amd64": info})
+    cache.save()
+    written = json.loads(path.read_text())
+    assert written["version"] == db.CACHE_VERSION == 2
+    assert written["entries"][DIGEST]["platforms"]["linux/amd64"] == {
+        "created": "2024-01-02T03:04:05.123456+00:00",
+        "layers": ["sha256:a"],
+        **facts,
+    }
+    assert db.DigestCache(str(path)).get(DIGEST, AMD) == {"linux/amd64": info}
 
 
 def test_digest_cache_partial_platforms(tmp_path, clock):
@@ -1694,7 +1939,7 @@ def test_digest_cache_save_is_atomic(tmp_path, clock, monkeypatch):
     cache.put(DIGEST, FOUND)
     cache.save()
     data = {
-        "version": 1,
+        "version": 2,
         "entries": {DIGEST: {"platforms": FOUND_JSON, "used": 1000.0}},
     }
     assert renames == [(f"{path}.{os.getpid()}", path, data)]
@@ -1713,7 +1958,7 @@ def test_digest_cache_save_keeps_the_most_recently_used(tmp_path, clock, monkeyp
     cache.save()
     data = json.loads(path.read_text())
     assert data == {
-        "version": 1,
+        "version": 2,
         "entries": {
             DIGEST: {"platforms": {"linux/amd64": None}, "used": 4.0},
             THIRD: {"platforms": {"linux/amd64": None}, "used": 3.0},
@@ -1733,7 +1978,62 @@ def test_digest_cache_corrupt_json(tmp_path, capsys, clock):
     assert (cache.entries, cache.warm, cache.changed) == ({}, False, True)
     # the bad file is replaced at the end of the run
     cache.save()
-    assert json.loads(path.read_text()) == {"version": 1, "entries": {}}
+    assert json.loads(path.read_text()) == {"version": 2, "entries": {}}
+
+
+OLD_CACHE_FACTS = {"created": "2024-01-02T03:04:05+00:00", "layers": ["sha256:a"]}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"version": 1, "entries": {DIGEST: {"platforms": {"linux/amd64": None}}}},
+        {
+            "version": 1,
+            "entries": {
+                DIGEST: {"used": 5.0, "platforms": {"linux/amd64": OLD_CACHE_FACTS}}
+            },
+        },
+        {"version": 1, "entries": "what an old tool wrote"},
+        {"version": 0},
+        {"version": -3, "entries": {}},
+    ],
+)
+def test_digest_cache_older_version_dropped_silently(tmp_path, capsys, clock, content):
+    """The cache of an older version (knowing no digests nor labels) is
+    dropped without a word, whatever it holds, and rewritten as version 2
+    at the end of the run."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(content))
+    cache = db.DigestCache(str(path))
+    assert capsys.readouterr().err == ""
+    assert (cache.entries, cache.warm, cache.changed) == ({}, False, True)
+    assert cache.get(DIGEST, AMD) is None
+    cache.save()
+    assert json.loads(path.read_text()) == {"version": 2, "entries": {}}
+    cache.put(OTHER, FOUND)
+    cache.save()
+    assert json.loads(path.read_text()) == {
+        "version": 2,
+        "entries": {OTHER: {"platforms": FOUND_JSON, "used": 1000.0}},
+    }
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("version", [3, 99])
+def test_digest_cache_newer_version_warns(tmp_path, capsys, clock, version):
+    """A cache of a version this tool does not know yet (a newer tool's)
+    is ignored with a warning, and replaced by a version-2 one."""
+    path = tmp_path / "c.json"
+    entries = {DIGEST: {"platforms": {"linux/amd64": None}, "used": 5.0}}
+    path.write_text(json.dumps({"version": version, "entries": entries}))
+    cache = db.DigestCache(str(path))
+    assert capsys.readouterr().err == (
+        f"docker_build: warning: ignoring the cache {path}: unexpected content\n"
+    )
+    assert (cache.entries, cache.warm, cache.changed) == ({}, False, True)
+    cache.save()
+    assert json.loads(path.read_text()) == {"version": 2, "entries": {}}
 
 
 def test_digest_cache_unreadable(tmp_path, capsys):
@@ -1756,20 +2056,26 @@ GOOD_FACTS = {"created": "2024-01-02T03:04:05+00:00", "layers": []}
         [],
         "cache",
         {},
-        {"version": 2, "entries": {}},
-        {"version": 1},
-        {"version": 1, "entries": []},
-        {"version": 1, "entries": {DIGEST: {}}},
-        {"version": 1, "entries": {DIGEST: {"platforms": []}}},
-        {"version": 1, "entries": {DIGEST: {"platforms": {"linux/amd64": {}}}}},
+        # a version this tool does not know: newer, or not a number
+        {"version": 3, "entries": {}},
+        {"version": "2", "entries": {}},
+        {"version": "1", "entries": {}},
+        {"version": 1.5, "entries": {}},
+        {"version": None, "entries": {}},
+        {"version": 2},
+        {"version": 2, "entries": []},
+        {"version": 2, "entries": {DIGEST: {"used": "now", "platforms": {}}}},
+        {"version": 2, "entries": {DIGEST: {}}},
+        {"version": 2, "entries": {DIGEST: {"platforms": []}}},
+        {"version": 2, "entries": {DIGEST: {"platforms": {"linux/amd64": {}}}}},
         {
-            "version": 1,
+            "version": 2,
             "entries": {
                 DIGEST: {"platforms": {"linux/amd64": {**GOOD_FACTS, "created": 5}}}
             },
         },
         {
-            "version": 1,
+            "version": 2,
             "entries": {
                 DIGEST: {
                     "platforms": {
@@ -1779,15 +2085,27 @@ GOOD_FACTS = {"created": "2024-01-02T03:04:05+00:00", "layers": []}
             },
         },
         {
-            "version": 1,
+            "version": 2,
             "entries": {
                 DIGEST: {"platforms": {"linux/amd64": {**GOOD_FACTS, "created": "x"}}}
             },
         },
         {
-            "version": 1,
+            "version": 2,
             "entries": {
                 DIGEST: {"platforms": {"linux/amd64": {**GOOD_FACTS, "layers": "a"}}}
+            },
+        },
+        {
+            "version": 2,
+            "entries": {
+                DIGEST: {"platforms": {"linux/amd64": {**GOOD_FACTS, "digest": 5}}}
+            },
+        },
+        {
+            "version": 2,
+            "entries": {
+                DIGEST: {"platforms": {"linux/amd64": {**GOOD_FACTS, "inputs": {}}}}
             },
         },
     ],
@@ -1804,7 +2122,7 @@ def test_digest_cache_unexpected_content(tmp_path, capsys, content):
 
 def test_digest_cache_not_utf8(tmp_path, capsys):
     path = tmp_path / "c.json"
-    path.write_bytes(b'{"version": 1, "entries": {"\xff": 1}}')
+    path.write_bytes(b'{"version": 2, "entries": {"\xff": 1}}')
     db.DigestCache(str(path))
     assert capsys.readouterr().err == (
         f"docker_build: warning: ignoring the cache {path}: unexpected content\n"
@@ -1816,7 +2134,7 @@ def test_digest_cache_good_content_is_kept(tmp_path, capsys):
     entries = {
         DIGEST: {"platforms": {"linux/amd64": GOOD_FACTS, "linux/arm64": None}},
     }
-    path.write_text(json.dumps({"version": 1, "entries": entries}))
+    path.write_text(json.dumps({"version": 2, "entries": entries}))
     cache = db.DigestCache(str(path))
     assert (cache.entries, cache.warm, cache.changed) == (entries, True, False)
     assert cache.get(DIGEST, BOTH) == {
@@ -2055,9 +2373,11 @@ def workdir(monkeypatch, tmp_path):
 def test_main_jobs_and_cache(
     workdir, monkeypatch, tmp_path, argv, jobs, cached, timeout
 ):
-    """--jobs sizes the look-ups and git questions; the cache lives under
-    XDG_CACHE_HOME unless --no-cache; --timeout reaches the registries;
-    both are closed at the end, and then the cache is saved."""
+    """--jobs sizes the look-ups and git questions; the caches (manifest
+    digests and file hashes) live under XDG_CACHE_HOME unless --no-cache;
+    --timeout reaches the registries; the contexts are closed once the
+    plan is made, both are closed at the end, and then the caches are
+    saved."""
     made = []
 
     class Registries(db.Registries):
@@ -2070,9 +2390,9 @@ def test_main_jobs_and_cache(
             super().close(wait)
 
     class ContextChanges(db.ContextChanges):
-        def __init__(self, environ, jobs=1):
-            super().__init__(environ, jobs)
-            made.append(("contexts", jobs))
+        def __init__(self, environ, jobs=1, hashes=None):
+            super().__init__(environ, jobs, hashes)
+            made.append(("contexts", jobs, hashes.path))
 
         def close(self, wait=True):
             made.append(("contexts closed",))
@@ -2083,17 +2403,27 @@ def test_main_jobs_and_cache(
             made.append(("cache saved", self.path))
             super().save()
 
+    class FileHashes(db.FileHashes):
+        def save(self):
+            made.append(("hashes saved", self.path))
+            super().save()
+
     monkeypatch.setattr(db, "Registries", Registries)
+    monkeypatch.setattr(db, "FileHashes", FileHashes)
     monkeypatch.setattr(db, "ContextChanges", ContextChanges)
     monkeypatch.setattr(db, "DigestCache", DigestCache)
     workdir(APP_AND_BASE, "app", "base")
     assert db.main(["-n", "-a", *argv]) == 0
     path = str(tmp_path / "cache" / "docker_build" / "manifests.json")
+    files = str(tmp_path / "cache" / "docker_build" / "files.json")
     assert made == [
         ("registries", jobs, path if cached else None, timeout),
-        ("contexts", jobs),
+        ("contexts", jobs, files if cached else None),
+        ("contexts closed",),  # the plan is made
         ("contexts closed",),
         ("registries closed",),
         ("cache saved", path if cached else None),
+        ("hashes saved", files if cached else None),
     ]
-    assert not (tmp_path / "cache").exists()  # nothing looked up: nothing kept
+    # nothing looked up, and files this young are not kept: nothing written
+    assert not (tmp_path / "cache").exists()

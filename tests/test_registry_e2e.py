@@ -415,7 +415,7 @@ def test_corrupt_cache_is_ignored_and_rebuilt(
     world.up_to_date()
     cache = world.root.parent / "cache" / "docker_build" / "manifests.json"
     cache.parent.mkdir(parents=True)
-    cache.write_text('{"version": 1, "entries": {"sha256:x": {"platforms": 7}}}')
+    cache.write_text('{"version": 2, "entries": {"sha256:x": {"platforms": 7}}}')
     result = world.run()
     assert (result.returncode, result.stdout) == (0, "")
     assert result.stderr == (
@@ -423,6 +423,36 @@ def test_corrupt_cache_is_ignored_and_rebuilt(
     )
     assert len(json.loads(cache.read_text())["entries"]) == 2
     succeeded(world.run())
+
+
+def test_older_cache_is_dropped_silently(
+    faulty_world: tuple[World, FaultProxy],
+) -> None:
+    """A cache an older docker_build wrote (version 1) is not read, even
+    where it names the very manifests (here it would say every image lacks
+    the platform: a rebuild), and not warned about: it is replaced by a
+    version-2 cache holding each platform's manifest digest."""
+    world, proxy = faulty_world
+    world.up_to_date()
+    cache = world.root.parent / "cache" / "docker_build" / "manifests.json"
+    succeeded(world.run())
+    fresh = json.loads(cache.read_text())
+    assert fresh["version"] == 2
+    old = {
+        digest: {"used": entry["used"], "platforms": {"linux/amd64": None}}
+        for digest, entry in fresh["entries"].items()
+    }
+    cache.write_text(json.dumps({"version": 1, "entries": old}))
+    proxy.seen.clear()
+    succeeded(world.run())
+    # read as a cold cache: no HEAD request
+    assert [m for m in methods(proxy) if m[0] == "HEAD"] == []
+    rewritten = json.loads(cache.read_text())
+    assert rewritten["version"] == 2
+    assert set(rewritten["entries"]) == set(old)
+    for entry in rewritten["entries"].values():
+        (facts,) = entry["platforms"].values()
+        assert facts["digest"].startswith("sha256:")
 
 
 @pytest.mark.also_sequential
