@@ -1297,26 +1297,19 @@ def test_label_records_the_inputs(world: World) -> None:
     assert config["config"]["Labels"] == {"docker_build.inputs": value}
 
 
-def test_merge_of_an_old_commit(world: World) -> None:
-    """A branch commit older than the image, merged later, is built."""
+@pytest.mark.parametrize(
+    "merge", [["--no-ff", "-m", "merge"], ["--ff-only"]], ids=["merge", "fast-forward"]
+)
+def test_old_branch_commit_brought_in_later(world: World, merge: list[str]) -> None:
+    """A branch commit older than the image, merged (or fast-forwarded)
+    later, is built."""
     app(world)
     first_build(world, "app")
     world.git("checkout", "-q", "-b", "topic")
     world.write("app/file", "two\n")
     world.commit(when=T_COMMIT)
     world.git("checkout", "-q", "-")
-    world.git("merge", "-q", "--no-ff", "-m", "merge", "topic", when=T_COMMIT)
-    runs_and_builds(world, CONTEXT)
-
-
-def test_fast_forward_to_an_old_commit(world: World) -> None:
-    app(world)
-    first_build(world, "app")
-    world.git("checkout", "-q", "-b", "topic")
-    world.write("app/file", "two\n")
-    world.commit(when=T_COMMIT)
-    world.git("checkout", "-q", "-")
-    world.git("merge", "-q", "--ff-only", "topic", when=T_COMMIT)
+    world.git("merge", "-q", *merge, "topic", when=T_COMMIT)
     runs_and_builds(world, CONTEXT)
 
 

@@ -33,7 +33,7 @@ import requests
 import requests.adapters
 import requests.exceptions
 import urllib3.exceptions
-from conftest import load_tool
+from conftest import load_tool, response
 
 db = load_tool()
 
@@ -80,23 +80,6 @@ class Answer:
     status: int = 200
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     body: bytes = b""
-
-
-def response(
-    status: int,
-    headers: dict[str, str] | None = None,
-    body: bytes = b"",
-    url: str = f"https://{HOST}/v2/",
-) -> requests.Response:
-    """A requests.Response as a server would send it."""
-    made = requests.Response()
-    made.status_code = status
-    made.headers = requests.structures.CaseInsensitiveDict(headers or {})
-    made._content = body
-    made.encoding = "utf-8"
-    made.url = url
-    made.reason = {200: "OK", 401: "Unauthorized"}.get(status, "Error")
-    return made
 
 
 def http_error(status: int, headers: dict[str, str] | None = None) -> Exception:
@@ -2336,28 +2319,6 @@ def test_exception_chain_cause_before_context_before_reason_before_args():
 # ----------------------------------------------------------------------------
 
 APP_AND_BASE = "app\tapp\t$DOCKER_REPOSITORY/base\nbase\tbase\tNONE\n"
-
-
-@pytest.fixture
-def workdir(monkeypatch, tmp_path):
-    """An empty environment of the tool in tmp_path; write(config, dirs)."""
-    for key in list(os.environ):
-        if key.startswith(("DOCKER_LOGIN", "DOCKER_REPOSITORY")):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("DOCKER_REPOSITORY", "ghcr.io/o")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(
-        db.RegistryHost, "fetch_image", lambda *a: pytest.fail("look-up")
-    )
-
-    def write(config, *dirs):
-        for directory in dirs:
-            (tmp_path / directory).mkdir()
-            (tmp_path / directory / "Dockerfile").write_text("FROM alpine\n")
-        (tmp_path / "docker_images").write_text(config)
-
-    return write
 
 
 @pytest.mark.parametrize(
