@@ -2159,15 +2159,18 @@ def done_future(value=None):
 def test_show_progress_all_pending_from_threads():
     stream = io.StringIO()
     started = [concurrent.futures.Future() for _ in range(3)]
-    db.show_progress(started, stream)
+    wipe = db.show_progress(started, stream)
     assert stream.getvalue() == ""
     threads = [threading.Thread(target=f.set_result, args=(None,)) for f in started]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    wipe(True)
     assert stream.getvalue() == (
-        "\rdocker_build: checking 1/3\x1b[K\rdocker_build: checking 2/3\x1b[K\r\x1b[K"
+        "\rdocker_build: checking 1/3\x1b[K"
+        "\rdocker_build: checking 2/3\x1b[K"
+        "\rdocker_build: checking 3/3\x1b[K\r\x1b[K"
     )
 
 
@@ -2175,7 +2178,7 @@ def test_show_progress_completed_and_pending():
     stream = io.StringIO()
     pending = [concurrent.futures.Future() for _ in range(2)]
     started = [done_future(), *pending, done_future()]
-    db.show_progress(started, stream)
+    wipe = db.show_progress(started, stream)
     assert stream.getvalue() == (
         "\rdocker_build: checking 1/4\x1b[K\rdocker_build: checking 2/4\x1b[K"
     )
@@ -2185,22 +2188,40 @@ def test_show_progress_completed_and_pending():
         "\rdocker_build: checking 2/4\x1b[K"
         "\rdocker_build: checking 3/4\x1b[K"
     )
+    # the line ends at N/N, and waits for it before it is wiped
+    waiter = threading.Thread(target=wipe, args=(True,))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()
     pending[0].set_result(None)
+    waiter.join(5)
     assert stream.getvalue() == (
         "\rdocker_build: checking 1/4\x1b[K"
         "\rdocker_build: checking 2/4\x1b[K"
         "\rdocker_build: checking 3/4\x1b[K"
+        "\rdocker_build: checking 4/4\x1b[K"
         "\r\x1b[K"
     )
 
 
+def test_show_progress_wiped_early_writes_no_more():
+    """A failed plan wipes the line at once; later look-ups write nothing."""
+    stream = io.StringIO()
+    pending = concurrent.futures.Future()
+    wipe = db.show_progress([done_future(), pending], stream)
+    wipe(False)
+    pending.set_result(None)
+    wipe(False)
+    assert stream.getvalue() == "\rdocker_build: checking 1/2\x1b[K\r\x1b[K"
+
+
 def test_show_progress_single_and_none():
     stream = io.StringIO()
-    db.show_progress([done_future()], stream)
-    assert stream.getvalue() == "\r\x1b[K"
+    db.show_progress([done_future()], stream)(True)
+    assert stream.getvalue() == "\rdocker_build: checking 1/1\x1b[K\r\x1b[K"
     stream = io.StringIO()
-    db.show_progress([], stream)
-    assert stream.getvalue() == ""
+    db.show_progress([], stream)(True)
+    assert stream.getvalue() == "\r\x1b[K"
 
 
 # ----------------------------------------------------------------------------
