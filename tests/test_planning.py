@@ -2046,7 +2046,10 @@ def test_build_stops_at_first_failure(monkeypatch, capsys):
         )
     )
     report = db.BuildRunner(1, {}, False).run_builds(made)
-    assert (report.status, report.message) == (7, None)
+    assert (report.status, report.message) == (
+        7,
+        "user/b: docker failed with exit status 7",
+    )
     assert capsys.readouterr().out == (
         f"*** user/a\nReason: {REASON_FORCED}\n\n\n"
         f"*** user/b\nReason: {REASON_FORCED}\n\n"
@@ -2134,6 +2137,7 @@ def test_plan_document_nothing_to_do():
                     "reason": None,
                     "result": None,
                     "exit_code": None,
+                    "signal": None,
                     # unchecked and up to date: neither input is known
                     "inputs": {"recorded": None, "current": None},
                 }
