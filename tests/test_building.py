@@ -897,15 +897,15 @@ def two_repositories(world: World) -> tuple[str, str]:
 
 
 def test_parallel_builds_wait_for_their_own_repository(world: World) -> None:
-    """r2/tools waits for r2/base only: it is built while the slow r1/base
-    (2 s) still runs; r1/tools starts after r1/base."""
+    """r2/tools waits for r2/base only: it starts while the slow r1/base
+    (4 s) still runs; r1/tools starts after r1/base."""
     r1, r2 = two_repositories(world)
-    env = {"DOCKER_DOUBLE_SLEEP": "r1/base=2"}
+    env = {"DOCKER_DOUBLE_SLEEP": "r1/base=4"}
     result = world.run("--build-jobs", "3", env=env)
     assert (result.returncode, result.stderr) == (0, "")
     calls = {call["argv"][-2]: call for call in world.calls()}
     slow = calls[f"{r1}/base:latest"]
-    assert calls[f"{r2}/tools:latest"]["end"] < slow["end"] - 1
+    assert calls[f"{r2}/tools:latest"]["start"] < slow["end"] - 1
     assert calls[f"{r1}/tools:latest"]["start"] >= slow["end"]
     assert result.stdout.endswith(
         f"\nBuilt: {r1}/base, {r2}/base, {r1}/tools, {r2}/tools\n"
