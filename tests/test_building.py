@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +26,7 @@ from conftest import (
     REASON_GIT,
     T_COMMIT,
     T_LATER,
+    TOOL,
     World,
     announced,
     block,
@@ -299,7 +301,9 @@ def test_build_failure_exit_status(capfd, docker_script, code):
     environ = docker_script(f"echo failing; exit {code}\n")
     report = run_one_at_a_time(img_plan(), environ)
     assert report == db.BuildReport(
-        {IMG_NAME: db.Outcome(db.Result.FAILED, code)}, code, None
+        {IMG_NAME: db.Outcome(db.Result.FAILED, code)},
+        code,
+        f"ghcr.io/o/img: docker failed with exit status {code}",
     )
     assert capfd.readouterr().out == IMG_HEADER + "failing\n"  # no blank line
 
@@ -312,7 +316,7 @@ def test_build_killed_by_a_signal(capfd, docker_script, signal_name, code):
     report = run_one_at_a_time(img_plan(), environ)
     signum = signal.Signals["SIG" + signal_name]
     assert report == db.BuildReport(
-        {IMG_NAME: db.Outcome(db.Result.FAILED, code, signum=signum)},
+        {IMG_NAME: db.Outcome(db.Result.KILLED, code, signum=signum)},
         code,
         f"ghcr.io/o/img: docker was killed by SIG{signal_name}",
     )
@@ -360,7 +364,9 @@ def test_build_interrupted_stops_the_process_group(
         "Interrupted by SIGTERM: build of ghcr.io/o/img stopped",
         143,
     )
-    assert report.outcomes == {IMG_NAME: db.Outcome(db.Result.FAILED, 143)}
+    assert report.outcomes == {
+        IMG_NAME: db.Outcome(db.Result.KILLED, 143, signum=signal.SIGTERM)
+    }
     shell, sleeper = (int(pid) for pid in pids.read_text().split())
     for pid in (shell, sleeper):  # both gone (the sleeper may be a zombie
         # of init for a moment): no signal can reach a live process
@@ -420,7 +426,7 @@ def sample_plan() -> db.Plan:
 
 def test_rebuild_in_order_results(docker_script, tmp_path, capfd):
     """One at a time, the first failure ends the run: the outcomes of the
-    builds tried, docker's exit status, no message."""
+    builds tried, docker's exit status, a line naming the image."""
     log = tmp_path / "built"
     environ = docker_script(
         'while [ $# -gt 0 ]; do [ "$1" = --tag ] && tag=$2; shift; done\n'
@@ -428,7 +434,10 @@ def test_rebuild_in_order_results(docker_script, tmp_path, capfd):
         'if [ "$tag" = reg.example/b/base:latest ]; then exit 2; fi\n'
     )
     report = run_one_at_a_time(sample_plan(), environ)
-    assert (report.status, report.message) == (2, None)
+    assert (report.status, report.message) == (
+        2,
+        "reg.example/b/base: docker failed with exit status 2",
+    )
     assert log.read_text().split() == [
         "reg.example/a/base:latest",
         "reg.example/b/base:latest",
@@ -464,7 +473,7 @@ def test_build_failure_exit_code(world: World) -> None:
     two_images(world)
     result = world.run("--all", env={"DOCKER_DOUBLE_FAIL": "one=3"})
     assert result.returncode == 3
-    assert result.stderr == ""
+    assert result.stderr == f"{world.ref('one')}: docker failed with exit status 3\n"
     assert result.stdout == announced(world.ref("one"), REASON_FORCED) + (
         f"double: failed {world.ref('one:latest')}\n"
     )
@@ -511,7 +520,10 @@ def test_failure_stops_a_sequential_run(world: World) -> None:
     chain(world)
     touch_root(world)
     result = world.run(env={"DOCKER_DOUBLE_FAIL": "/root:=7"})
-    assert (result.returncode, result.stderr) == (7, "")
+    assert (result.returncode, result.stderr) == (
+        7,
+        f"{world.ref('root')}: docker failed with exit status 7\n",
+    )
     assert result.stdout == (
         announced(world.ref("root"), REASON_GIT)
         + f"double: failed {world.ref('root:latest')}\n"
@@ -549,16 +561,47 @@ def test_build_jobs_dependencies():
 
     assert after("docker.io/user/base") == []
     assert after("ghcr.io/o/tool") == []
-    # every target waits for every target of its base image
+    # every target waits for the target that pushes its base: the one of
+    # its own repository
     for repository in REPOS:
-        assert after(f"{repository}/app") == ["docker.io/user/base", "ghcr.io/o/base"]
-        assert after(f"{repository}/two") == ["docker.io/user/base", "ghcr.io/o/base"]
-        assert after(f"{repository}/top") == ["docker.io/user/app", "ghcr.io/o/app"]
+        assert after(f"{repository}/app") == [f"{repository}/base"]
+        assert after(f"{repository}/two") == [f"{repository}/base"]
+        assert after(f"{repository}/top") == [f"{repository}/app"]
     # none has started or finished yet
     assert {(job.outcome, job.running, job.cause) for job in jobs} == {
         (None, False, FORCED)
     }
-    assert by_name["ghcr.io/o/app"].after[1] is by_name["ghcr.io/o/base"]
+    assert by_name["ghcr.io/o/app"].after[0] is by_name["ghcr.io/o/base"]
+
+
+def test_build_jobs_wait_for_the_base_they_name():
+    """A full-name base of the file is waited for in whichever repository
+    pushes it; an image the build pulls (COPY --from) is waited for too."""
+    base = make_image("base")
+    app = make_image("app", "ghcr.io/o/base")
+    tool = db.Image(
+        "tool",
+        "tool:latest",
+        "tool",
+        "NONE:latest",
+        (),
+        AMD,
+        uses=(("linux/amd64", "$DOCKER_REPOSITORY/app:latest"),),
+    )
+    plan = plan_of([base, app, tool], REPOS, lambda image: True)
+    jobs = db.BuildRunner.build_jobs(plan)
+    after = {
+        job.target.shown_name: [base.target.shown_name for base in job.after]
+        for job in jobs
+    }
+    assert after == {
+        "docker.io/user/base": [],
+        "ghcr.io/o/base": [],
+        "docker.io/user/app": ["ghcr.io/o/base"],
+        "ghcr.io/o/app": ["ghcr.io/o/base"],
+        "docker.io/user/tool": ["docker.io/user/app"],
+        "ghcr.io/o/tool": ["ghcr.io/o/app"],
+    }
 
 
 def test_build_jobs_each_target_names_its_own_base():
@@ -746,7 +789,7 @@ def test_rebuild_in_parallel_at_most_workers(docker, capsys):
 
 
 def test_rebuild_in_parallel_every_repository(docker, capsys):
-    """A failure in one repository skips the dependents in all of them."""
+    """a fails in both repositories: b is skipped in both, c is built."""
     plan = forced_plan(
         [("a:4", "NONE"), ("b:0", "$DOCKER_REPOSITORY/a:4"), ("c", "NONE")], REPOS
     )
@@ -841,20 +884,71 @@ def test_independent_images_build_concurrently(world: World) -> None:
     )
 
 
+def two_repositories(world: World) -> tuple[str, str]:
+    """base (on scratch) and tools (on $DOCKER_REPOSITORY/base), for the
+    repositories r1 and r2 of the world's namespace; returns them."""
+    r1, r2 = world.ref("r1"), world.ref("r2")
+    world.env["DOCKER_REPOSITORY"] = f"{r1} {r2}"
+    world.dockerfile("base", "scratch")
+    world.dockerfile("tools", "$DOCKER_REPOSITORY/base")
+    world.config("base\tbase", "tools\ttools")
+    world.commit()
+    return r1, r2
+
+
+def test_parallel_builds_wait_for_their_own_repository(world: World) -> None:
+    """r2/tools waits for r2/base only: it starts while the slow r1/base
+    (4 s) still runs; r1/tools starts after r1/base."""
+    r1, r2 = two_repositories(world)
+    env = {"DOCKER_DOUBLE_SLEEP": "r1/base=4"}
+    result = world.run("--build-jobs", "3", env=env)
+    assert (result.returncode, result.stderr) == (0, "")
+    calls = {call["argv"][-2]: call for call in world.calls()}
+    slow = calls[f"{r1}/base:latest"]
+    assert calls[f"{r2}/tools:latest"]["start"] < slow["end"] - 1
+    assert calls[f"{r1}/tools:latest"]["start"] >= slow["end"]
+    assert result.stdout.endswith(
+        f"\nBuilt: {r1}/base, {r2}/base, {r1}/tools, {r2}/tools\n"
+        "Failed: -\nSkipped: -\n"
+    )
+
+
+def test_parallel_failure_skips_its_own_repository_only(world: World) -> None:
+    r1, r2 = two_repositories(world)
+    result = world.run(
+        "--build-jobs", "3", "--json", env={"DOCKER_DOUBLE_FAIL": "r1/base=5"}
+    )
+    assert result.returncode == 5
+    assert sorted(world.built()) == [
+        f"{r1}/base:latest",
+        f"{r2}/base:latest",
+        f"{r2}/tools:latest",
+    ]
+    document = json.loads(result.stdout)
+    check_schema(document)
+    assert [(e["full_name"], e["result"]) for e in document["images"]] == [
+        (f"{r1}/base:latest", "failed"),
+        (f"{r2}/base:latest", "built"),
+        (f"{r1}/tools:latest", "skipped"),
+        (f"{r2}/tools:latest", "built"),
+    ]
+    assert result.stderr.endswith(
+        f"\nBuilt: {r2}/base, {r2}/tools\nFailed: {r1}/base (exit 5)\n"
+        f"Skipped: {r1}/tools\n"
+    )
+
+
 # ----------------------------------------------------------------------------
 # Interrupts: running builds are stopped, 128 + the signal
 # ----------------------------------------------------------------------------
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Running: a zombie (state Z) has ended."""
+    return process_alive(pid)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 @pytest.mark.parametrize("build_jobs", ["1", "2"])
 def test_interrupt_stops_the_build(world: World, signum: int, build_jobs: str) -> None:
     world.up_to_date()
@@ -869,6 +963,87 @@ def test_interrupt_stops_the_build(world: World, signum: int, build_jobs: str) -
     name = signal.Signals(signum).name
     assert stderr == f"Interrupted by {name}: {what} of {world.ref('app')} stopped\n"
     assert not alive(pid)
+
+
+def test_interrupted_parallel_output_on_one_file(world: World, tmp_path) -> None:
+    """SIGTERM with three builds running, stdout and stderr on one file:
+    whole lines only, the builds' lines before the tool's closing line on
+    stderr, no other line about the killed builds."""
+    world.up_to_date("a", "b", "c")
+    output = tmp_path / "output"
+    with open(output, "w") as file:
+        tool = subprocess.Popen(
+            [sys.executable, str(TOOL), "--all", "--build-jobs", "3"],
+            cwd=world.root,
+            env={**world.env, "DOCKER_DOUBLE_SLEEP": "60"},
+            stdout=file,
+            stderr=file,
+        )
+    pids = wait_for_build(world, 3)
+    tool.send_signal(signal.SIGTERM)
+    assert tool.wait(timeout=30) == 143
+    names = ", ".join(world.ref(name) for name in ("a", "b", "c"))
+    text = output.read_text()
+    assert text.endswith(f"\nInterrupted by SIGTERM: builds of {names} stopped\n")
+    lines = text.splitlines()
+    assert "docker was killed" not in text
+    for name in ("a", "b", "c"):
+        assert announced(world.ref(name), REASON_FORCED) in text
+    # every line is a header, a blank, or the closing line
+    assert all(
+        line.startswith(("*** ", "Reason: ", "Interrupted by ")) or line == ""
+        for line in lines
+    )
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_json_killed_and_not_built(world: World) -> None:
+    """One at a time: the build stopped by SIGTERM is "killed" with the
+    signal; the one never started is "not-built"."""
+    world.up_to_date("a", "b")
+    tool = start_tool(world, "--all", "--json", env={"DOCKER_DOUBLE_SLEEP": "60"})
+    wait_for_build(world)
+    tool.send_signal(signal.SIGTERM)
+    stdout, stderr = tool.communicate(timeout=30)
+    assert tool.returncode == 143
+    assert stderr.endswith(
+        f"\nInterrupted by SIGTERM: build of {world.ref('a')} stopped\n"
+    )
+    document = json.loads(stdout)
+    check_schema(document)
+    assert [
+        (e["name"], e["result"], e["exit_code"], e["signal"])
+        for e in document["images"]
+    ] == [("a", "killed", 143, "SIGTERM"), ("b", "not-built", None, None)]
+
+
+def test_json_build_killed_by_a_signal(world: World) -> None:
+    world.up_to_date()
+    result = world.run("--all", "--json", env={"DOCKER_DOUBLE_SIGNAL": "app=SIGKILL"})
+    assert result.returncode == 137
+    document = json.loads(result.stdout)
+    check_schema(document)
+    ((app,),) = [document["images"]]
+    assert (app["result"], app["exit_code"], app["signal"]) == (
+        "killed",
+        137,
+        "SIGKILL",
+    )
+    assert result.stderr.endswith(f"{world.ref('app')}: docker was killed by SIGKILL\n")
+
+
+def test_parallel_build_killed_by_a_signal_on_stderr(world: World) -> None:
+    world.up_to_date("a", "b")
+    result = world.run(
+        "--all", "--build-jobs", "2", env={"DOCKER_DOUBLE_SIGNAL": "/a:=SIGKILL"}
+    )
+    assert result.returncode == 137
+    line = f"[{world.ref('a')}] {world.ref('a')}: docker was killed by SIGKILL\n"
+    assert result.stderr == line
+    assert "docker was killed" not in result.stdout
+    assert result.stdout.endswith(
+        f"\nBuilt: {world.ref('b')}\nFailed: {world.ref('a')} (exit 137)\nSkipped: -\n"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -886,6 +1061,7 @@ def entry(
     reason,
     result,
     exit_code,
+    signal_name=None,
     platforms=AMD,
     inputs=None,
 ):
@@ -900,6 +1076,7 @@ def entry(
         "reason": reason,
         "result": result,
         "exit_code": exit_code,
+        "signal": signal_name,
         "inputs": inputs or {"recorded": None, "current": None},
     }
 
@@ -966,11 +1143,11 @@ def test_plan_document_built_failed_not_built():
 
 
 def test_plan_document_parallel_results():
-    """In parallel: built, failed (killed by SIGKILL) and skipped, which
+    """In parallel: built, killed (by SIGKILL, named) and skipped, which
     has no exit code."""
     outcomes = {
         "reg.example/a/base:latest": db.Outcome(db.Result.BUILT, 0),
-        "reg.example/b/base:latest": db.Outcome(db.Result.FAILED, 137, signum=9),
+        "reg.example/b/base:latest": db.Outcome(db.Result.KILLED, 137, signum=9),
         "reg.example/a/app:latest": db.Outcome(db.Result.BUILT, 0),
         "reg.example/b/app:latest": db.Outcome(db.Result.SKIPPED),
         "ghcr.io/o/full:2": db.Outcome(db.Result.BUILT, 0),
@@ -982,7 +1159,7 @@ def test_plan_document_parallel_results():
         "images": expected_images(
             {
                 "reg.example/a/base:latest": ("built", 0),
-                "reg.example/b/base:latest": ("failed", 137),
+                "reg.example/b/base:latest": ("killed", 137, "SIGKILL"),
                 "reg.example/a/app:latest": ("built", 0),
                 "reg.example/b/app:latest": ("skipped", None),
                 "ghcr.io/o/full:2": ("built", 0),

@@ -6,6 +6,7 @@ else to stderr, the progress line, and signals turned into exit codes."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import pty
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -469,15 +471,79 @@ def test_overlapping_runs(world: World) -> None:
     assert world.run("-n", "--no-wait").returncode == 0
 
 
-def test_lock_of_a_killed_run_is_gone(world: World) -> None:
+def process_state(pid: int) -> str | None:
+    """A process's state letter (Z: a zombie, ended); None: gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def ended_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while process_state(pid) not in (None, "Z"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP])
+def test_killed_run_leaves_no_build_behind(world: World, signum: int) -> None:
+    """The tool killed (SIGKILL) or hung up on (SIGHUP) during a build: the
+    docker double is gone within a second, and the lock with it."""
     world.up_to_date()
     first = start_tool(world, "--all", env={"DOCKER_DOUBLE_SLEEP": "60"})
     (pid,) = wait_for_build(world)
-    first.kill()
-    first.wait()
-    os.kill(pid, signal.SIGKILL)  # a killed run cannot stop its build
+    first.send_signal(signum)
+    assert ended_within(pid, 1.0)
+    _, stderr = first.communicate(timeout=30)
+    if signum == signal.SIGHUP:
+        assert first.returncode == 129
+        assert stderr == f"Interrupted by SIGHUP: build of {world.ref('app')} stopped\n"
+    else:
+        assert first.returncode == -signal.SIGKILL
     result = world.run("--all", "--no-wait")
     assert (result.returncode, result.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP])
+def test_second_run_waits_for_the_build_of_a_killed_run(
+    world: World, signum: int
+) -> None:
+    """A build that takes 2 s to stop after its SIGTERM holds the lock: a
+    --no-wait run gives up, a second run starts its build only once the
+    first build has ended. The SIGTERM comes within a second of the kill."""
+    world.up_to_date()
+    env = {"DOCKER_DOUBLE_SLEEP": "60", "DOCKER_DOUBLE_LINGER": "2"}
+    first = start_tool(world, "--all", env=env)
+    (pid,) = wait_for_build(world)
+    killed = time.time()
+    first.send_signal(signum)
+    if signum == signal.SIGKILL:
+        first.wait(timeout=10)  # the run is gone, its build is not
+    second = start_tool(world, "--all")
+    terminated = Path(str(world.log) + ".terminated")
+    deadline = time.monotonic() + 5
+    while not terminated.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (line,) = terminated.read_text().splitlines()
+    assert line.split()[0] == str(pid)
+    assert float(line.split()[1]) - killed < 1.0  # SIGTERM at once
+    if process_state(pid) not in (None, "Z"):
+        with (
+            open(world.root / "docker_images", "rb") as config,
+            pytest.raises(BlockingIOError),  # the orphan holds the lock
+        ):
+            fcntl.flock(config, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert ended_within(pid, 5)
+    ended = time.time()
+    assert second.wait(timeout=60) == 0
+    first.communicate(timeout=30)
+    ((call,),) = [world.calls()]  # the lingering double never logs its call
+    assert call["start"] >= ended - 0.5
+    assert call["start"] >= float(line.split()[1]) + 2
 
 
 # ----------------------------------------------------------------------------
@@ -505,6 +571,7 @@ def test_json_dry_run(world: World) -> None:
         "reason": None,
         "result": None,
         "exit_code": None,
+        "signal": None,
         # pushed without a label, up to date by the times: nothing asked
         "inputs": {"recorded": None, "current": None},
     }
@@ -564,7 +631,8 @@ def test_progress_on_a_terminal(world: World) -> None:
     assert (tool.returncode, stdout) == (0, b"")
     # 3 look-ups (base, app, tool) and 2 git queries
     assert b"\rdocker_build: checking 1/5\x1b[K" in seen
-    assert seen.endswith(b"\r\x1b[K")
+    # the count ends at N/N before the line is wiped
+    assert seen.endswith(b"\rdocker_build: checking 5/5\x1b[K\r\x1b[K")
 
 
 # ----------------------------------------------------------------------------
@@ -587,11 +655,13 @@ def test_catch_signals_outside_the_main_thread():
 
 
 @pytest.mark.parametrize(
-    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+    ("signum", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
 )
 def test_main_interrupted(monkeypatch, capsys, signum, code):
     """A signal during the run: one line, 128 + N; the handlers are restored."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.getsignal(sig) for sig in stops}
     during = []
 
     def run(self):
@@ -607,5 +677,27 @@ def test_main_interrupted(monkeypatch, capsys, signum, code):
         "",
         f"docker_build: interrupted by {signal.Signals(signum).name}\n",
     )
-    assert during == [[db.raise_interrupted, db.raise_interrupted]]
+    assert during == [[db.raise_interrupted] * 3]
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+# ----------------------------------------------------------------------------
+# Names in messages: shortened beyond a sane length
+# ----------------------------------------------------------------------------
+
+
+def test_shortened():
+    name = "a" * 100 + "b" * 99_900
+    text = db.shortened(f"file line 1: invalid image name '{name}'")
+    word = text.rpartition(" ")[2]
+    assert len(word) == 200
+    assert word.startswith("'aaa") and "..." in word and word.endswith("bbb'")
+    assert db.shortened("short words stay") == "short words stay"
+
+
+def test_main_long_name_is_shortened(clean_env, capsys, tmp_path):
+    (tmp_path / "docker_images").write_text("x" * 100_000 + "\td\n")
+    assert db.main(["-n"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("docker_images line 1: invalid image name 'xxx")
+    assert len(err) < 300 and "..." in err and err.endswith("'\n")

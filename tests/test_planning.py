@@ -2046,7 +2046,10 @@ def test_build_stops_at_first_failure(monkeypatch, capsys):
         )
     )
     report = db.BuildRunner(1, {}, False).run_builds(made)
-    assert (report.status, report.message) == (7, None)
+    assert (report.status, report.message) == (
+        7,
+        "user/b: docker failed with exit status 7",
+    )
     assert capsys.readouterr().out == (
         f"*** user/a\nReason: {REASON_FORCED}\n\n\n"
         f"*** user/b\nReason: {REASON_FORCED}\n\n"
@@ -2134,6 +2137,7 @@ def test_plan_document_nothing_to_do():
                     "reason": None,
                     "result": None,
                     "exit_code": None,
+                    "signal": None,
                     # unchecked and up to date: neither input is known
                     "inputs": {"recorded": None, "current": None},
                 }
@@ -2159,15 +2163,18 @@ def done_future(value=None):
 def test_show_progress_all_pending_from_threads():
     stream = io.StringIO()
     started = [concurrent.futures.Future() for _ in range(3)]
-    db.show_progress(started, stream)
+    wipe = db.show_progress(started, stream)
     assert stream.getvalue() == ""
     threads = [threading.Thread(target=f.set_result, args=(None,)) for f in started]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    wipe(True)
     assert stream.getvalue() == (
-        "\rdocker_build: checking 1/3\x1b[K\rdocker_build: checking 2/3\x1b[K\r\x1b[K"
+        "\rdocker_build: checking 1/3\x1b[K"
+        "\rdocker_build: checking 2/3\x1b[K"
+        "\rdocker_build: checking 3/3\x1b[K\r\x1b[K"
     )
 
 
@@ -2175,7 +2182,7 @@ def test_show_progress_completed_and_pending():
     stream = io.StringIO()
     pending = [concurrent.futures.Future() for _ in range(2)]
     started = [done_future(), *pending, done_future()]
-    db.show_progress(started, stream)
+    wipe = db.show_progress(started, stream)
     assert stream.getvalue() == (
         "\rdocker_build: checking 1/4\x1b[K\rdocker_build: checking 2/4\x1b[K"
     )
@@ -2185,22 +2192,40 @@ def test_show_progress_completed_and_pending():
         "\rdocker_build: checking 2/4\x1b[K"
         "\rdocker_build: checking 3/4\x1b[K"
     )
+    # the line ends at N/N, and waits for it before it is wiped
+    waiter = threading.Thread(target=wipe, args=(True,))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()
     pending[0].set_result(None)
+    waiter.join(5)
     assert stream.getvalue() == (
         "\rdocker_build: checking 1/4\x1b[K"
         "\rdocker_build: checking 2/4\x1b[K"
         "\rdocker_build: checking 3/4\x1b[K"
+        "\rdocker_build: checking 4/4\x1b[K"
         "\r\x1b[K"
     )
 
 
+def test_show_progress_wiped_early_writes_no_more():
+    """A failed plan wipes the line at once; later look-ups write nothing."""
+    stream = io.StringIO()
+    pending = concurrent.futures.Future()
+    wipe = db.show_progress([done_future(), pending], stream)
+    wipe(False)
+    pending.set_result(None)
+    wipe(False)
+    assert stream.getvalue() == "\rdocker_build: checking 1/2\x1b[K\r\x1b[K"
+
+
 def test_show_progress_single_and_none():
     stream = io.StringIO()
-    db.show_progress([done_future()], stream)
-    assert stream.getvalue() == "\r\x1b[K"
+    db.show_progress([done_future()], stream)(True)
+    assert stream.getvalue() == "\rdocker_build: checking 1/1\x1b[K\r\x1b[K"
     stream = io.StringIO()
-    db.show_progress([], stream)
-    assert stream.getvalue() == ""
+    db.show_progress([], stream)(True)
+    assert stream.getvalue() == "\r\x1b[K"
 
 
 # ----------------------------------------------------------------------------

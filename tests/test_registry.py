@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import email.utils
@@ -22,7 +23,9 @@ import os
 import re
 import socket
 import ssl
+import struct
 import threading
+import time
 import types
 import urllib.parse
 from collections.abc import Callable
@@ -2342,8 +2345,10 @@ def test_main_jobs_and_cache(
     made = []
 
     class Registries(db.Registries):
-        def __init__(self, credentials, jobs=1, cache=None, timeout=30, insecure=()):
-            super().__init__(credentials, jobs, cache, timeout, insecure)
+        def __init__(
+            self, credentials, jobs=1, cache=None, timeout=30, insecure=(), deadline=60
+        ):
+            super().__init__(credentials, jobs, cache, timeout, insecure, deadline)
             made.append(("registries", jobs, cache.path, self.timeout))
 
         def close(self, wait=True):
@@ -2388,3 +2393,175 @@ def test_main_jobs_and_cache(
     ]
     # nothing looked up, and files this young are not kept: nothing written
     assert not (tmp_path / "cache").exists()
+
+
+# ----------------------------------------------------------------------------
+# Error texts of real exceptions: requests against sockets that misbehave
+# ----------------------------------------------------------------------------
+
+
+def serve_once(answer: Callable[[socket.socket], None]) -> str:
+    """A server for one connection, which `answer` handles after the
+    request has been read; returns its URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        connection, _ = server.accept()
+        server.close()
+        connection.recv(65536)
+        answer(connection)
+
+    threading.Thread(target=run, daemon=True).start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}/v2/"
+
+
+def real_error(url: str, **kwargs) -> requests.exceptions.RequestException:
+    with pytest.raises(requests.exceptions.RequestException) as info:
+        requests.get(url, timeout=kwargs.pop("timeout", 5), **kwargs)
+    return info.value
+
+
+def reset(connection: socket.socket) -> None:
+    # SO_LINGER on, 0 s: close sends RST
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
+
+
+def half_answer(connection: socket.socket) -> None:
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 934\r\n\r\n" + b"x" * 467)
+    connection.close()
+
+
+def bad_gzip(connection: socket.socket) -> None:
+    connection.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nnot g"
+    )
+    connection.close()
+
+
+def stall(connection: socket.socket) -> None:
+    time.sleep(3)
+    connection.close()
+
+
+def plain_http(connection: socket.socket) -> None:
+    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    connection.close()
+
+
+def test_real_error_connection_refused():
+    port = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{port.getsockname()[1]}/v2/"
+    port.close()
+    assert db.request_error_text(real_error(url)) == "Connection refused"
+
+
+def test_real_error_connection_reset():
+    error = real_error(serve_once(reset))
+    assert db.request_error_text(error) == "Connection reset by peer"
+
+
+def test_real_error_closed_without_an_answer():
+    error = real_error(serve_once(lambda connection: connection.close()))
+    assert db.request_error_text(error) == "connection closed without an answer"
+
+
+def test_real_error_broken_mid_answer():
+    """requests says `('Connection broken: IncompleteRead(467 bytes read,
+    467 more expected)', IncompleteRead(...))`: the tool says it in words."""
+    error = real_error(serve_once(half_answer))
+    assert isinstance(error, requests.exceptions.ChunkedEncodingError)
+    assert db.request_error_text(error) == (
+        "connection closed mid-answer: 467 bytes read, 467 more expected"
+    )
+
+
+def test_real_error_undecodable_body():
+    error = real_error(serve_once(bad_gzip))
+    assert db.request_error_text(error) == (
+        "Received response with content-encoding: gzip, but failed to decode it."
+    )
+
+
+def test_real_error_read_timeout():
+    error = real_error(serve_once(stall), timeout=0.3)
+    assert isinstance(error, requests.exceptions.ReadTimeout)
+    assert db.request_error_text(error) == "timed out"
+
+
+def test_real_error_connect_timeout():
+    """A full accept queue drops the SYN: the connection times out."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=0)
+    address = server.getsockname()
+    fillers = []
+    try:
+        for _ in range(3):  # fill the queue (its length is backlog + 1)
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(address)
+            fillers.append(filler)
+        time.sleep(0.1)
+        error = real_error(f"http://127.0.0.1:{address[1]}/v2/", timeout=0.3)
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert isinstance(error, requests.exceptions.ConnectTimeout)
+    assert db.request_error_text(error) == "timed out"
+
+
+def test_real_error_name_not_known():
+    error = real_error("https://nowhere.invalid/v2/")
+    gaierror = next(
+        e for e in db.exception_chain(error) if isinstance(e, socket.gaierror)
+    )
+    assert db.request_error_text(error) == gaierror.strerror
+    assert gaierror.strerror in (
+        "Name or service not known",
+        "Temporary failure in name resolution",
+    )
+
+
+def test_real_error_tls_with_a_plain_http_server():
+    url = serve_once(plain_http).replace("http://", "https://")
+    error = real_error(url)
+    assert isinstance(error, requests.exceptions.SSLError)
+    assert db.request_error_text(error) in (
+        "TLS error: wrong version number",
+        "TLS error: record layer failure",
+        "TLS error: packet length too long",
+    )
+
+
+def test_real_error_untrusted_certificate(tls):
+    """The tests' TLS registry, with only the public CAs trusted."""
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        connection, _ = server.accept()
+        server.close()
+        with contextlib.suppress(OSError):
+            server_context.wrap_socket(connection, server_side=True).close()
+
+    threading.Thread(target=run, daemon=True).start()
+    url = f"https://127.0.0.1:{server.getsockname()[1]}/v2/"
+    error = real_error(url, verify=requests.certs.where())
+    assert db.request_error_text(error) == (
+        "certificate verify failed: unable to get local issuer certificate"
+    )
+
+
+def test_real_errors_never_show_python():
+    """No text of the tool shows a Python representation."""
+    for error in (
+        real_error(serve_once(half_answer)),
+        real_error(serve_once(lambda connection: connection.close())),
+    ):
+        text = db.request_error_text(error)
+        assert "(" not in text and "Error" not in text

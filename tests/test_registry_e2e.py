@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +83,61 @@ def test_name_not_known(world: World) -> None:
         "nowhere.invalid/ns/app:latest: Temporary failure in name resolution\n",
     )
     fails(world, result, result.stderr)
+
+
+class Silent:
+    """A listening socket that accepts and reads, and never writes."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            threading.Thread(target=connection.recv, args=(65536,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.mark.parametrize(("timeout", "deadline"), [("30", "2"), ("1", "2")])
+def test_registry_that_never_answers(world: World, timeout, deadline) -> None:
+    """A stalled registry ends the run within the look-up's deadline, the
+    requests' time included, with one line naming the image; the --timeout
+    of a request is cut to what is left."""
+    silent = Silent()
+    try:
+        world.dockerfile("app", "scratch")
+        world.config("app\tapp")
+        world.commit()
+        repository = f"{silent.host}/ns"
+        began = time.monotonic()
+        result = world.run(
+            "--timeout",
+            timeout,
+            "--deadline",
+            deadline,
+            env={"DOCKER_REPOSITORY": repository},
+        )
+        took = time.monotonic() - began
+    finally:
+        silent.close()
+    fails(
+        world,
+        result,
+        f"{repository}/app:latest: timed out (gave up after {deadline} s)\n",
+    )
+    assert took < float(deadline) + 2.5  # the tool's own start included
 
 
 @pytest.mark.also_sequential
