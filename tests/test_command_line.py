@@ -318,7 +318,10 @@ def test_exit_status_of_a_failed_build(world: World) -> None:
 
 
 @pytest.mark.parametrize("jobs", [[], ["--build-jobs", "4"]])
-def test_main_dry_run_propagates(workdir, capsys, jobs):
+def test_main_dry_run_propagates(workdir, capsys, monkeypatch, jobs):
+    """A forced base: its dependent (asked only whether it is missing,
+    here it is there) is rebuilt with it."""
+    monkeypatch.setattr(db.Registries, "pushed", present)
     workdir("app\tapp\t$DOCKER_REPOSITORY/base\nbase\tbase\tNONE\n", "app", "base")
     assert db.main(["-n", *jobs, "base"]) == 0
     captured = capsys.readouterr()
@@ -330,7 +333,13 @@ def test_main_dry_run_propagates(workdir, capsys, jobs):
     assert captured.err == ""
 
 
-def test_main_dry_run_explain(workdir, capsys):
+def present(_registries, _reference, platforms):
+    """Registries.pushed: the image is there."""
+    return dict.fromkeys(platforms, db.NO_BASE)
+
+
+def test_main_dry_run_explain(workdir, capsys, monkeypatch):
+    monkeypatch.setattr(db.Registries, "pushed", present)
     workdir("app\tapp\t$DOCKER_REPOSITORY/base\nbase\tbase\tNONE\n", "app", "base")
     assert db.main(["-n", "-v", "base"]) == 0
     captured = capsys.readouterr()

@@ -188,11 +188,17 @@ def test_basic_auth_login(auth_world: World) -> None:
 
 @pytest.mark.also_sequential
 def test_without_login_everything_is_missing(auth_world: World) -> None:
-    """The reference reads a 401 as "not there": the base is missing."""
+    """The reference reads a 401 as "not there": the base is missing, and
+    the message points at the missing credentials of its registry."""
     world = auth_world
     world.up_to_date(base_layers=BASE_LAYERS)
     result = world.run()
-    failed(result, f"Missing base image: {world.ref('base:1')}\n")
+    host = world.registry.host
+    failed(
+        result,
+        f"Missing base image: {world.ref('base:1')} ({host} answered 401 and no "
+        "credentials are given for it: see DOCKER_LOGIN)\n",
+    )
 
 
 # ----------------------------------------------------------------------------
