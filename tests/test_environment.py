@@ -906,13 +906,17 @@ def test_identity_token(token_world: World) -> None:
             "DOCKER_REPOSITORY: docker.io/x and index.docker.io/x name the same "
             "repository",
         ),
-        ("ghcr.io/a x ghcr.io/a", "DOCKER_REPOSITORY: ghcr.io/a and ghcr.io/a name "
-         "the same repository"),
+        (
+            "ghcr.io/a x ghcr.io/a",
+            "DOCKER_REPOSITORY: ghcr.io/a and ghcr.io/a name the same repository",
+        ),
     ],
 )
 def test_docker_repositories_given_twice(value, message):
     """A repository given twice (as Docker compares them) is an error."""
-    assert fatal_message(db.docker_repositories, {"DOCKER_REPOSITORY": value}) == message
+    assert (
+        fatal_message(db.docker_repositories, {"DOCKER_REPOSITORY": value}) == message
+    )
 
 
 @pytest.mark.parametrize(
@@ -938,3 +942,15 @@ def test_plain_http_login_has_a_message_of_its_own():
         "localhost:5000: the registry asks for a login, but it is reached over "
         "plain HTTP, where no credentials are sent: give it TLS"
     )
+
+
+@pytest.mark.parametrize(
+    "key", ["https://{host}", "https://{host}/", "https://{host}/v1/", "{host}"]
+)
+def test_login_given_as_url(auth_world: World, key: str) -> None:
+    """DOCKER_LOGIN names its registry by a URL too, as Docker's lookup of
+    config.json keys does."""
+    world = auth_world
+    world.up_to_date(base_layers=BASE_LAYERS)
+    registry = key.format(host=world.registry.host)
+    succeeded(world.run(env={"DOCKER_LOGIN": f"{registry} {USER} {PASSWORD}"}))

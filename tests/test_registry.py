@@ -2154,8 +2154,7 @@ def test_digest_cache_save_failure_is_a_warning(tmp_path, capsys, clock):
     )
     cache.put(DIGEST, FOUND)
     assert cache.save() == (
-        f"can't write the cache {path}: "
-        f"[Errno 17] File exists: '{tmp_path / 'file'}'"
+        f"can't write the cache {path}: [Errno 17] File exists: '{tmp_path / 'file'}'"
     )
     assert capsys.readouterr().err == ""  # the run warns, once
 
@@ -2427,3 +2426,23 @@ def test_main_jobs_and_cache(
     ]
     # nothing looked up, and files this young are not kept: nothing written
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("logins", [{"localhost:5000": ("u", "p")}, None])
+@pytest.mark.parametrize("scheme", ['Basic realm="r"', 'Bearer realm="https://t/x"'])
+def test_plain_http_registry_asking_for_a_login(http, logins, scheme):
+    """A registry without TLS that asks for a login: the tool's own
+    message, naming the registry (not dxf's `Auth requires HTTPS`)."""
+    host = "localhost:5000"
+    http.routes["get", f"https://{host}/v2/"] = [refused(host)]
+    http.routes["get", f"http://{host}/v2/"] = [
+        Answer(401, {"WWW-Authenticate": scheme})
+    ]
+    http.routes["get", f"http://{host}/v2/img/manifests/latest"] = [
+        Answer(401, {"WWW-Authenticate": scheme})
+    ]
+    with pytest.raises(db.Fatal) as info:
+        make_host(host, logins).fetch_image(
+            f"{host}/img", ("linux/amd64",), db.DigestCache(None)
+        )
+    assert info.value.message == db.plain_http_login(host)
