@@ -14,6 +14,7 @@ import pytest
 from conftest import (
     BASE_LAYERS,
     REASON_BASE,
+    ROOT,
     T_COMMIT,
     T_IMAGE,
     T_LATER,
@@ -1308,3 +1309,27 @@ def test_unknown_image_names_other_tags(world: World) -> None:
         "Image worker not found in 'docker_images' configuration file "
         "(entries with another tag: worker:v2)\n",
     )
+
+
+def test_docker_images_example_reads(tmp_path, monkeypatch):
+    """docker_images.example, with its directories made, is a valid
+    configuration: no error, no two entries pushing one image, and the
+    base of `webapp` is its built stage's, not the first FROM."""
+    text = (ROOT / "docker_images.example").read_text()
+    monkeypatch.chdir(tmp_path)
+    for line in text.splitlines():
+        fields = line.split("\t")
+        fields = [field for field in fields if field]
+        if len(fields) >= 2 and not line.startswith("#"):
+            directory = tmp_path / fields[1]
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "Dockerfile").write_text(
+                "FROM golang:1.22 AS build\nFROM debian:bookworm-slim\n"
+            )
+    (tmp_path / "docker_images").write_text(text)
+    environ = {"DOCKER_REPOSITORY": "ghcr.io/me"}
+    images = db.read_config("docker_images", environ)
+    db.check_duplicate_targets(images, ["ghcr.io/me"], "docker_images")
+    bases = {image.name: image.base for image in images}
+    assert bases["webapp"] == "debian:bookworm-slim"
+    assert bases["tools"] == "$DOCKER_REPOSITORY/tools-base:latest"

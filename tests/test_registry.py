@@ -2446,3 +2446,34 @@ def test_plain_http_registry_asking_for_a_login(http, logins, scheme):
             f"{host}/img", ("linux/amd64",), db.DigestCache(None)
         )
     assert info.value.message == db.plain_http_login(host)
+
+
+@pytest.mark.parametrize(
+    ("status", "logins", "note"),
+    [
+        (
+            403,
+            None,
+            f" ({HOST} answered 403 and no credentials are given for it:"
+            " see DOCKER_LOGIN)",
+        ),
+        (
+            401,
+            None,
+            f" ({HOST} answered 401 and no credentials are given for it:"
+            " see DOCKER_LOGIN)",
+        ),
+        (404, None, ""),  # not there: nothing points at credentials
+        (403, {HOST: ("u", "p")}, ""),  # credentials given: refused anyway
+    ],
+)
+def test_refusal_of_an_anonymous_look_up(http, status, logins, note):
+    """A look-up the registry refused (401/403) without credentials for it
+    is missing, and `refusal` says why it may be."""
+    http.routes["get", f"https://{HOST}/v2/"] = [Answer(200)]
+    http.routes["get", f"https://{HOST}/v2/o/base/manifests/1"] = [Answer(status)]
+    registries = db.Registries(credentials(logins))
+    reference = f"{HOST}/o/base:1"
+    assert registries.lookup(reference, AMD) is None
+    assert registries.refusal(reference) == note
+    registries.close()
