@@ -320,7 +320,10 @@ def test_exit_status_of_a_failed_build(world: World) -> None:
 
 
 @pytest.mark.parametrize("jobs", [[], ["--build-jobs", "4"]])
-def test_main_dry_run_propagates(workdir, capsys, jobs):
+def test_main_dry_run_propagates(workdir, capsys, monkeypatch, jobs):
+    """A forced base: its dependent (asked only whether it is missing,
+    here it is there) is rebuilt with it."""
+    monkeypatch.setattr(db.Registries, "pushed", present)
     workdir("app\tapp\t$DOCKER_REPOSITORY/base\nbase\tbase\tNONE\n", "app", "base")
     assert db.main(["-n", *jobs, "base"]) == 0
     captured = capsys.readouterr()
@@ -332,7 +335,13 @@ def test_main_dry_run_propagates(workdir, capsys, jobs):
     assert captured.err == ""
 
 
-def test_main_dry_run_explain(workdir, capsys):
+def present(_registries, _reference, platforms):
+    """Registries.pushed: the image is there."""
+    return dict.fromkeys(platforms, db.NO_BASE)
+
+
+def test_main_dry_run_explain(workdir, capsys, monkeypatch):
+    monkeypatch.setattr(db.Registries, "pushed", present)
     workdir("app\tapp\t$DOCKER_REPOSITORY/base\nbase\tbase\tNONE\n", "app", "base")
     assert db.main(["-n", "-v", "base"]) == 0
     captured = capsys.readouterr()
@@ -701,3 +710,83 @@ def test_main_long_name_is_shortened(clean_env, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("docker_images line 1: invalid image name 'xxx")
     assert len(err) < 300 and "..." in err and err.endswith("'\n")
+
+
+# ----------------------------------------------------------------------------
+# The README's quick start, run on the example project
+# ----------------------------------------------------------------------------
+
+DOCKER_OUTPUT = "(docker's build output)"
+
+
+def quick_start_steps() -> list[tuple[str, str]]:
+    """The commands of the README's quick-start block, each with the
+    output shown after it."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- quick-start -->\n```console\n", 1)[1].split("```", 1)[0]
+    steps: list[tuple[str, str]] = []
+    for line in block.splitlines(keepends=True):
+        if line.startswith("$ "):
+            steps.append((line[2:].strip(), ""))
+        else:
+            command, output = steps[-1]
+            steps[-1] = (command, output + line)
+    return steps
+
+
+def test_quick_start(world: World) -> None:
+    """The quick start's commands, on a copy of example/, print what the
+    README shows: `debian:bookworm-slim` is an image of that name on the
+    test registry, `localhost:5000/example` the test's repository, and the
+    docker double's output stands for docker's."""
+    public = world.ref("debian:bookworm-slim")
+    world.registry.push(public, T_COMMIT, BASE_LAYERS)
+    source = ROOT / "example"
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            copy = world.root / "example" / path.relative_to(source)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text(path.read_text().replace("debian:bookworm-slim", public))
+            copy.chmod(path.stat().st_mode)
+    steps = quick_start_steps()
+    assert [command.split()[0] for command, _ in steps] == [
+        "cd",
+        "export",
+        "docker_build",
+        "docker_build",
+        "docker_build",
+        "echo",
+        "docker_build",
+    ]
+    cwd = world.root
+    env: dict[str, str] = {}
+    for command, shown in steps:
+        expected = shown.replace("localhost:5000/example", world.namespace)
+        if command.startswith("cd "):
+            cwd = cwd / command.split()[1]
+        elif command.startswith("export "):
+            name, _, value = command.split(None, 1)[1].partition("=")
+            env[name] = value.replace("localhost:5000/example", world.namespace)
+        elif command.startswith("docker_build"):
+            result = world.run(*command.split()[1:], cwd=cwd, env=env)
+            output = "".join(
+                line
+                for line in result.stdout.splitlines(keepends=True)
+                if not line.startswith("double: ")
+            )
+            expected = "".join(
+                line
+                for line in expected.splitlines(keepends=True)
+                if line.strip() != DOCKER_OUTPUT
+            )
+            assert (command, result.returncode, result.stderr, output) == (
+                command,
+                0,
+                "",
+                expected,
+            )
+        else:
+            subprocess.run(["sh", "-c", command], cwd=cwd, check=True)
+    assert world.built() == [
+        world.ref(f"{name}:latest") for name in ("base", "app", "report")
+    ]

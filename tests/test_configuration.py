@@ -14,6 +14,7 @@ import pytest
 from conftest import (
     BASE_LAYERS,
     REASON_BASE,
+    ROOT,
     T_COMMIT,
     T_IMAGE,
     T_LATER,
@@ -296,20 +297,26 @@ def test_read_config_image_options_without_base(config):
     assert record.base == "alpine:latest"
 
 
-def test_read_config_single_field_is_global_option(config):
-    """A line without a tab, even an image name, is a global option line."""
-    path = config("img\nimg2\td\n")
-    assert db.read_config(path, {}) == [
-        db.Image(
-            "img2", "img2:latest", "d", "alpine:latest", ("img",), AMD, "d/Dockerfile"
-        )
-    ]
+@pytest.mark.parametrize(
+    ("first", "shown"),
+    [("img", "img"), ("img\t#d", "img\t#d"), ("second ok", "second ok")],
+)
+def test_read_config_single_field_must_be_options(config, first, shown):
+    """A single field that is not build options (an image line whose TAB
+    became spaces) is an error naming the line, not global options."""
+    path = config(f"{first}\nimg2\td\n")
+    assert fatal_message(db.read_config, path, {}) == (
+        f"docker_images line 1: '{shown}' is neither an image line nor build "
+        "options (a TAB typed as spaces?)"
+    )
 
 
-def test_read_config_tab_comment_after_name_is_global_option(config):
-    path = config("img\t#d\nimg2\td\n")
+def test_read_config_byte_order_mark(config):
+    """A UTF-8 byte order mark before the first line is ignored."""
+    path = config("img2\td\n")
+    Path(path).write_bytes(b"\xef\xbb\xbf" + Path(path).read_bytes())
     (record,) = db.read_config(path, {})
-    assert record.options == ("img",)
+    assert record.tagged == "img2:latest"
 
 
 @pytest.mark.parametrize(
@@ -471,7 +478,7 @@ def test_read_config_missing_dockerfile(config, tmp_path):
 def test_read_config_dockerfile_without_from(config):
     path = config("img\td\n", dockerfile="RUN true\n")
     assert fatal_message(db.read_config, path, {}) == (
-        "docker_images line 1: Dockerfile: Missing FROM instruction"
+        "docker_images line 1: d/Dockerfile: Missing FROM instruction"
     )
 
 
@@ -691,7 +698,7 @@ def test_read_dockerfile_target(tmp_path):
     assert base(tmp_path, text, "--target=two") == "debian"
     assert base(tmp_path, text, "--target", "three") == "alpine"
     assert base_error(tmp_path, text, "--target", "four") == (
-        "Dockerfile: target stage 'four' could not be found"
+        f"{tmp_path}/Dockerfile: target stage 'four' could not be found"
     )
 
 
@@ -705,7 +712,7 @@ def test_read_dockerfile_build_args(tmp_path):
 
 
 BAD_FROM = "{dockerfile} line 1: FROM requires either one or three arguments"
-NO_FROM = "Dockerfile: Missing FROM instruction"
+NO_FROM = "{dockerfile}: Missing FROM instruction"
 
 
 @pytest.mark.parametrize(
@@ -1257,3 +1264,72 @@ def test_repository_with_a_tag_is_rejected(world: World) -> None:
         "a repository must not have a tag or digest\n",
     )
     assert world.calls() == []
+
+
+# ----------------------------------------------------------------------------
+# Configuration mistakes, end to end: one line, exit 1, nothing looked up
+# ----------------------------------------------------------------------------
+
+
+def test_two_entries_pushing_the_same_tag(world: World) -> None:
+    """`tools` in the repository and the same image by its full name push
+    one tag: both lines are named, as Docker compares names."""
+    world.dockerfile("a", "NONE")
+    world.config("tools\ta\tNONE", f"{world.ref('tools')}\ta\tNONE")
+    failed(
+        world.run("-n"),
+        f"docker_images lines 1 and 2: both push {world.ref('tools:latest')}\n",
+    )
+
+
+def test_tab_typed_as_spaces(world: World) -> None:
+    world.dockerfile("a", "NONE")
+    world.config("first\ta\tNONE", "second ok", "third\ta\tNONE")
+    failed(
+        world.run("-n"),
+        "docker_images line 2: 'second ok' is neither an image line nor build "
+        "options (a TAB typed as spaces?)\n",
+    )
+
+
+def test_byte_order_mark_end_to_end(world: World) -> None:
+    world.dockerfile("a", "NONE")
+    path = world.config("first\ta\tNONE")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert world.run("-n").stdout == (
+        f"*** {world.ref('first')}\nReason: Image missing in repository\n\n"
+    )
+
+
+def test_unknown_image_names_other_tags(world: World) -> None:
+    world.dockerfile("a", "NONE")
+    world.config("worker:v2\ta\tNONE")
+    failed(
+        world.run("-n", "worker"),
+        "Image worker not found in 'docker_images' configuration file "
+        "(entries with another tag: worker:v2)\n",
+    )
+
+
+def test_docker_images_example_reads(tmp_path, monkeypatch):
+    """docker_images.example, with its directories made, is a valid
+    configuration: no error, no two entries pushing one image, and the
+    base of `webapp` is its built stage's, not the first FROM."""
+    text = (ROOT / "docker_images.example").read_text()
+    monkeypatch.chdir(tmp_path)
+    for line in text.splitlines():
+        fields = line.split("\t")
+        fields = [field for field in fields if field]
+        if len(fields) >= 2 and not line.startswith("#"):
+            directory = tmp_path / fields[1]
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "Dockerfile").write_text(
+                "FROM golang:1.22 AS build\nFROM debian:bookworm-slim\n"
+            )
+    (tmp_path / "docker_images").write_text(text)
+    environ = {"DOCKER_REPOSITORY": "ghcr.io/me"}
+    images = db.read_config("docker_images", environ)
+    db.check_duplicate_targets(images, ["ghcr.io/me"], "docker_images")
+    bases = {image.name: image.base for image in images}
+    assert bases["webapp"] == "debian:bookworm-slim"
+    assert bases["tools"] == "$DOCKER_REPOSITORY/tools-base:latest"

@@ -188,11 +188,17 @@ def test_basic_auth_login(auth_world: World) -> None:
 
 @pytest.mark.also_sequential
 def test_without_login_everything_is_missing(auth_world: World) -> None:
-    """The reference reads a 401 as "not there": the base is missing."""
+    """The reference reads a 401 as "not there": the base is missing, and
+    the message points at the missing credentials of its registry."""
     world = auth_world
     world.up_to_date(base_layers=BASE_LAYERS)
     result = world.run()
-    failed(result, f"Missing base image: {world.ref('base:1')}\n")
+    host = world.registry.host
+    failed(
+        result,
+        f"Missing base image: {world.ref('base:1')} ({host} answered 401 and no "
+        "credentials are given for it: see DOCKER_LOGIN)\n",
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -889,3 +895,62 @@ def test_identity_token(token_world: World) -> None:
         f"{world.registry.host}: login failed: "
         "the registry rejected the credentials of <token>\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ns NS", "DOCKER_REPOSITORY: ns and NS name the same repository"),
+        (
+            "docker.io/x index.docker.io/x",
+            "DOCKER_REPOSITORY: docker.io/x and index.docker.io/x name the same "
+            "repository",
+        ),
+        (
+            "ghcr.io/a x ghcr.io/a",
+            "DOCKER_REPOSITORY: ghcr.io/a and ghcr.io/a name the same repository",
+        ),
+    ],
+)
+def test_docker_repositories_given_twice(value, message):
+    """A repository given twice (as Docker compares them) is an error."""
+    assert (
+        fatal_message(db.docker_repositories, {"DOCKER_REPOSITORY": value}) == message
+    )
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "https://127.0.0.1:5001",
+        "https://127.0.0.1:5001/",
+        "http://127.0.0.1:5001/v1/",
+        "127.0.0.1:5001",
+    ],
+)
+def test_login_keys_given_as_urls(key):
+    """DOCKER_LOGIN and config.json keys written as URLs name their host."""
+    assert db.login_table({"DOCKER_LOGIN": f"{key} u p"}) == {
+        "127.0.0.1:5001": ("u", "p")
+    }
+    credentials = db.Credentials({}, {"auths": {key: {"auth": "dTpw"}}}, {})
+    assert credentials.get("127.0.0.1:5001") == ("u", "p")
+
+
+def test_plain_http_login_has_a_message_of_its_own():
+    assert db.plain_http_login("localhost:5000") == (
+        "localhost:5000: the registry asks for a login, but it is reached over "
+        "plain HTTP, where no credentials are sent: give it TLS"
+    )
+
+
+@pytest.mark.parametrize(
+    "key", ["https://{host}", "https://{host}/", "https://{host}/v1/", "{host}"]
+)
+def test_login_given_as_url(auth_world: World, key: str) -> None:
+    """DOCKER_LOGIN names its registry by a URL too, as Docker's lookup of
+    config.json keys does."""
+    world = auth_world
+    world.up_to_date(base_layers=BASE_LAYERS)
+    registry = key.format(host=world.registry.host)
+    succeeded(world.run(env={"DOCKER_LOGIN": f"{registry} {USER} {PASSWORD}"}))

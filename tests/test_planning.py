@@ -137,11 +137,24 @@ class FakeRegistries:
     def __init__(self, infos=None):
         self.infos = infos or {}
         self.calls = []
+        self.pushed_calls = []
         self.prefetched = []
 
     def prefetch(self, wanted):
         self.prefetched.extend(wanted)
         return []
+
+    def pushed(self, reference, platforms):
+        """An image pushed by the run, asked whether it is missing before
+        its dependency decides: there unless `infos` says otherwise."""
+        self.pushed_calls.append(reference)
+        found = self.infos.get(reference, db.NO_BASE)
+        if isinstance(found, db.ImageInfo):
+            return dict.fromkeys(platforms, found)
+        return found
+
+    def refusal(self, reference):
+        return ""
 
     def lookup(self, reference, platforms):
         self.calls.append(reference)
@@ -310,11 +323,22 @@ def test_forced_images_names_with_or_without_tag(names, expected):
     assert [image.name for image in CONFIG_IMAGES if forced(image)] == expected
 
 
-@pytest.mark.parametrize("name", ["tool", "img:1", "scratch", "none", "ghcr.io/o/img"])
-def test_forced_images_unknown(name):
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("tool", " (entries with another tag: tool:2)"),
+        ("img:1", " (entries with another tag: img:latest)"),
+        ("scratch", ""),
+        ("none", ""),
+        ("ghcr.io/o/img", ""),
+    ],
+)
+def test_forced_images_unknown(name, hint):
+    """An unknown name is an error; entries that differ only by the tag
+    are named."""
     assert fatal_message(
         db.forced_images, ["img", name], CONFIG_IMAGES, "conf", False
-    ) == (f"Image {name} not found in 'conf' configuration file")
+    ) == (f"Image {name} not found in 'conf' configuration file{hint}")
 
 
 @pytest.mark.parametrize(
@@ -1265,7 +1289,7 @@ def test_decide_image_each_target_gets_the_cause():
 
     assert db.decide_image(image, (), finding(MISSING)).decisions == (
         db.Decision(t0, MISSING, db.Evidence(MISSING)),
-        db.Decision(t1, MISSING, None),
+        db.Decision(t1, db.Cause(db.Reason.MISSING, where="docker.io/user"), None),
     )
     assert [d.cause for d in db.decide_image(image, (), finding(None)).decisions] == [
         None,
@@ -1372,7 +1396,7 @@ def test_decide_stops_at_the_deciding_target(files_context, explain):
         image,
         (
             db.Decision(t0, MISSING, db.Evidence(MISSING)),
-            db.Decision(t1, MISSING, None),
+            db.Decision(t1, db.Cause(db.Reason.MISSING, where="docker.io/user"), None),
         ),
     )
     assert registries.calls == [HUB_BASE, HUB_TARGET]
@@ -1526,7 +1550,12 @@ def test_plan_second_repository_decides(files_context):
         db.ImagePlan(
             image,
             (
-                db.Decision(t0, MISSING, CHECKED, inputs_of(t0)),
+                db.Decision(
+                    t0,
+                    db.Cause(db.Reason.MISSING, where="ghcr.io/o"),
+                    CHECKED,
+                    inputs_of(t0),
+                ),
                 db.Decision(t1, MISSING, db.Evidence(MISSING), inputs_of(t1)),
             ),
         ),
@@ -1649,7 +1678,7 @@ def test_plan_explain_keeps_the_evidence(context):
     assert [
         (d.cause.text, d.evidence) for image in made.images for d in image.decisions
     ] == [
-        (REASON_MISSING, checked),
+        (REASON_MISSING + " ghcr.io/o", checked),
         (REASON_MISSING, db.Evidence(MISSING)),
         ("Base image will be rebuilt: docker.io/user/base:latest", None),
         ("Base image will be rebuilt: ghcr.io/o/base:latest", None),
@@ -2336,7 +2365,12 @@ CHECKED_LINE = (
 )
 
 
+NO_BASE_LINE = CHECKED_LINE.replace("base layer found", "no base")
+
+
 def test_explain_every_image_on_stderr(context, capsys):
+    """Every target, one line: its evidence (`no base` for an image built
+    on NONE or scratch) or why it was not checked."""
     images = [
         make_image("app", "$DOCKER_REPOSITORY/base"),
         make_image("base"),
@@ -2359,8 +2393,8 @@ def test_explain_every_image_on_stderr(context, capsys):
     # each checked target shows its own finding; the first target that
     # needs a rebuild decides for all of them
     assert captured.err == (
-        f"docker.io/user/base: {CHECKED_LINE}\n"
-        f"ghcr.io/o/base: {CHECKED_LINE}\n"
+        f"docker.io/user/base: {NO_BASE_LINE}\n"
+        f"ghcr.io/o/base: {NO_BASE_LINE}\n"
         f"docker.io/user/app: {CHECKED_LINE}\n"
         "ghcr.io/o/app: image created 2024-01-02T03:04:05Z; base layer not found; "
         "context changed 2024-01-02T03:04:04Z (commit); Base image has changed\n"
@@ -2401,9 +2435,9 @@ def test_explain_unchecked_targets(context, capsys):
         "ghcr.io/o/top: not checked; "
         "Base image will be rebuilt: ghcr.io/o/app:latest\n"
         "docker.io/user/lone: image missing; Image missing in repository\n"
-        "ghcr.io/o/lone: not checked; Image missing in repository\n"
-        f"docker.io/user/fine: {CHECKED_LINE}\n"
-        f"ghcr.io/o/fine: {CHECKED_LINE}\n"
+        "ghcr.io/o/lone: not checked; Image missing in repository docker.io/user\n"
+        f"docker.io/user/fine: {NO_BASE_LINE}\n"
+        f"ghcr.io/o/fine: {NO_BASE_LINE}\n"
     )
     # ghcr.io/o/lone is never looked up
     assert registries.calls == [
@@ -2490,7 +2524,9 @@ def test_second_repository_decides(world: World) -> None:
     world.up_to_date(base_layers=BASE_LAYERS)
     env = {"DOCKER_REPOSITORY": f"{world.namespace} {second}"}
     reason = REASON_MISSING
-    expected = announced(world.ref("app"), reason) + announced(f"{second}/app", reason)
+    expected = announced(world.ref("app"), f"{reason} {second}") + announced(
+        f"{second}/app", reason
+    )
     succeeded(world.run("-n", env=env), expected)
 
 

@@ -2139,11 +2139,10 @@ def test_digest_cache_save_failure_is_a_warning(tmp_path, capsys, clock):
         f"[Errno 20] Not a directory: '{path}'\n"
     )
     cache.put(DIGEST, FOUND)
-    cache.save()
-    assert capsys.readouterr().err == (
-        f"docker_build: warning: can't write the cache {path}: "
-        f"[Errno 17] File exists: '{tmp_path / 'file'}'\n"
+    assert cache.save() == (
+        f"can't write the cache {path}: [Errno 17] File exists: '{tmp_path / 'file'}'"
     )
+    assert capsys.readouterr().err == ""  # the run warns, once
 
 
 def test_cached_info():
@@ -2565,3 +2564,54 @@ def test_real_errors_never_show_python():
     ):
         text = db.request_error_text(error)
         assert "(" not in text and "Error" not in text
+
+
+@pytest.mark.parametrize("logins", [{"localhost:5000": ("u", "p")}, None])
+@pytest.mark.parametrize("scheme", ['Basic realm="r"', 'Bearer realm="https://t/x"'])
+def test_plain_http_registry_asking_for_a_login(http, logins, scheme):
+    """A registry without TLS that asks for a login: the tool's own
+    message, naming the registry (not dxf's `Auth requires HTTPS`)."""
+    host = "localhost:5000"
+    http.routes["get", f"https://{host}/v2/"] = [refused(host)]
+    http.routes["get", f"http://{host}/v2/"] = [
+        Answer(401, {"WWW-Authenticate": scheme})
+    ]
+    http.routes["get", f"http://{host}/v2/img/manifests/latest"] = [
+        Answer(401, {"WWW-Authenticate": scheme})
+    ]
+    with pytest.raises(db.Fatal) as info:
+        make_host(host, logins).fetch_image(
+            f"{host}/img", ("linux/amd64",), db.DigestCache(None)
+        )
+    assert info.value.message == db.plain_http_login(host)
+
+
+@pytest.mark.parametrize(
+    ("status", "logins", "note"),
+    [
+        (
+            403,
+            None,
+            f" ({HOST} answered 403 and no credentials are given for it:"
+            " see DOCKER_LOGIN)",
+        ),
+        (
+            401,
+            None,
+            f" ({HOST} answered 401 and no credentials are given for it:"
+            " see DOCKER_LOGIN)",
+        ),
+        (404, None, ""),  # not there: nothing points at credentials
+        (403, {HOST: ("u", "p")}, ""),  # credentials given: refused anyway
+    ],
+)
+def test_refusal_of_an_anonymous_look_up(http, status, logins, note):
+    """A look-up the registry refused (401/403) without credentials for it
+    is missing, and `refusal` says why it may be."""
+    http.routes["get", f"https://{HOST}/v2/"] = [Answer(200)]
+    http.routes["get", f"https://{HOST}/v2/o/base/manifests/1"] = [Answer(status)]
+    registries = db.Registries(credentials(logins))
+    reference = f"{HOST}/o/base:1"
+    assert registries.lookup(reference, AMD) is None
+    assert registries.refusal(reference) == note
+    registries.close()

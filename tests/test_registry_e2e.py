@@ -602,3 +602,76 @@ def test_plain_manifest_of_another_platform_is_missing(world: World) -> None:
     )
     reason = f"{REASON_MISSING} for linux/amd64"
     succeeded(world.run("-n"), announced(world.ref("app"), reason))
+
+
+# ----------------------------------------------------------------------------
+# Docker Hub's pull limit, as the registry states it
+# ----------------------------------------------------------------------------
+
+
+def limited(proxy: FaultProxy, remaining: int) -> None:
+    """Every manifest answer carries Docker Hub's pull-limit header."""
+    proxy.add(
+        "/manifests/",
+        "body",
+        times=1000,
+        rewrite=lambda body: body,
+        headers={"ratelimit-remaining": f"{remaining};w=21600"},
+    )
+
+
+@pytest.mark.also_sequential
+def test_pull_limit_too_low_is_one_line(
+    faulty_world: tuple[World, FaultProxy],
+) -> None:
+    """Fewer manifest requests left than look-ups to make: one warning
+    naming the registry, before the decisions; the run goes on."""
+    world, proxy = faulty_world
+    world.up_to_date("a", "b", "c")
+    limited(proxy, 1)
+    result = world.run("-n")
+    assert (result.returncode, result.stdout) == (0, "")
+    host = world.namespace.split("/")[0]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"docker_build: warning: {host}: the pull limit leaves 1 manifest "
+        "requests, and this run has "
+    )
+    assert lines[0].endswith(" look-ups to make there")
+
+
+def test_pull_limit_enough_is_silent_and_explained(
+    faulty_world: tuple[World, FaultProxy],
+) -> None:
+    """Enough left: nothing said; --explain shows the remaining count."""
+    world, proxy = faulty_world
+    world.up_to_date("a")
+    limited(proxy, 100)
+    succeeded(world.run("-n"))
+    result = world.run("-n", "-v")
+    host = world.namespace.split("/")[0]
+    assert result.stderr.endswith(
+        f"{host}: pull limit: 100 manifest requests remaining\n"
+    )
+
+
+# ----------------------------------------------------------------------------
+# The caches
+# ----------------------------------------------------------------------------
+
+
+def test_unwritable_cache_warns_in_one_line(world: World) -> None:
+    """A cache directory that cannot be made: one warning line per run
+    (not one per cache file), and the run goes on."""
+    world.up_to_date()
+    blocked = world.root.parent / "blocked"
+    blocked.write_text("")
+    for _ in range(2):
+        result = world.run("-n", env={"XDG_CACHE_HOME": str(blocked)})
+        assert (result.returncode, result.stdout) == (0, "")
+        assert result.stderr == (
+            "docker_build: warning: ignoring the cache "
+            f"{blocked}/docker_build/manifests.json: [Errno 20] Not a directory: "
+            f"'{blocked}/docker_build/manifests.json'\n"
+        )
