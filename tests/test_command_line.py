@@ -535,7 +535,10 @@ def test_second_run_waits_for_the_build_of_a_killed_run(
     second = start_tool(world, "--all")
     terminated = Path(str(world.log) + ".terminated")
     deadline = time.monotonic() + 5
-    while not terminated.exists() and time.monotonic() < deadline:
+    # the file may exist before its line is written
+    while time.monotonic() < deadline and not (
+        terminated.exists() and terminated.read_text().endswith("\n")
+    ):
         time.sleep(0.02)
     (line,) = terminated.read_text().splitlines()
     assert line.split()[0] == str(pid)
