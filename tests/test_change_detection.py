@@ -833,11 +833,13 @@ def test_file_hashes_save_and_load(tmp_path):
         b"[]",
         b'{"version": 1, "entries": {}}',  # an older version
         b'{"version": 2}',
-        b'{"version": 2, "entries": 5}',
+        b'{"version": 3, "entries": 5}',
         b"\xff\xfe",
     ],
 )
 def test_file_hashes_unreadable_cache_is_ignored(tmp_path, content):
+    """A cache that cannot be read, or an entry of the wrong shape, is read
+    again from the file."""
     path = tmp_path / "f"
     stat = old_file(path)
     cache = tmp_path / "hashes.json"
@@ -850,14 +852,46 @@ def test_file_hashes_unreadable_cache_is_ignored(tmp_path, content):
     assert hashes.reads == 1
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        lambda stat: [stat.st_size, stat.st_mtime_ns, stat.st_ino],  # short
+        lambda stat: [stat.st_size, stat.st_mtime_ns, stat.st_ino, 7, 0],
+        lambda stat: [str(stat.st_size), stat.st_mtime_ns, stat.st_ino, "0", 0],
+    ],
+    ids=["short", "blob-not-text", "size-not-a-number"],
+)
+def test_file_hashes_malformed_entry_is_read_again(tmp_path, entry):
+    path = tmp_path / "f"
+    stat = old_file(path)
+    cache = tmp_path / "hashes.json"
+    cache.write_text(json.dumps({"version": 3, "entries": {str(path): entry(stat)}}))
+    hashes = db.FileHashes(str(cache))
+    assert (hashes.blob_id(str(path), stat), hashes.reads) == (hash_object(path), 1)
+
+
+def test_file_hashes_keep_the_most_recently_used(tmp_path, monkeypatch):
+    """files.json keeps at most FILE_ENTRIES ids, the most recently used."""
+    monkeypatch.setattr(db, "FILE_ENTRIES", 2)
+    cache = tmp_path / "hashes.json"
+    hashes = db.FileHashes(str(cache))
+    paths = [tmp_path / name for name in "abc"]
+    for path in paths:
+        hashes.blob_id(str(path), old_file(path))
+    hashes.blob_id(str(paths[0]), os.stat(paths[0]))  # a used again
+    hashes.save()
+    kept = json.loads(cache.read_text())["entries"]
+    assert sorted(kept) == [str(paths[0]), str(paths[2])]
+
+
 def test_file_hashes_cache_of_an_older_version_is_not_used(tmp_path):
     """An entry matching the file's stat is used only from a cache of this
     version."""
     path = tmp_path / "f"
     stat = old_file(path)
-    entry = [stat.st_size, stat.st_mtime_ns, stat.st_ino, "0" * 40]
+    entry = [stat.st_size, stat.st_mtime_ns, stat.st_ino, "0" * 40, 0]
     cache = tmp_path / "hashes.json"
-    for version, expected, reads in ((1, hash_object(path), 1), (2, "0" * 40, 0)):
+    for version, expected, reads in ((2, hash_object(path), 1), (3, "0" * 40, 0)):
         cache.write_text(
             json.dumps({"version": version, "entries": {str(path): entry}})
         )
@@ -1377,6 +1411,16 @@ def test_image_used_by_the_build_changes(world: World, dockerfile: str) -> None:
     first_build(world, "app")
     world.registry.push(used, T_LATER, ["sha256:" + "8" * 64])
     runs_and_builds(world, f"{USED}: {used}")
+
+
+def test_build_argument_from_the_environment_changes(world: World) -> None:
+    """`--build-arg NAME` takes its value from the environment: a new value
+    is a change of the build options."""
+    app(world)
+    world.env["VERSION"] = "1.2"
+    first_build(world, "app", lines=("app\tapp\t--build-arg VERSION",))
+    world.env["VERSION"] = "1.3"
+    runs_and_builds(world, OPTIONS)
 
 
 def test_change_and_revert(world: World) -> None:
