@@ -968,6 +968,20 @@ def test_read_work_tree(tmp_path, environ):
     )
 
 
+def test_read_work_tree_file_name_not_utf8(tmp_path, environ):
+    """A tracked file whose name is not UTF-8 is known clean under the name
+    os.scandir gives it."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    name = os.fsdecode(b"caf\xe9")
+    (root / name).write_text("x\n")
+    git(root, "init", "-q")
+    git(root, "-c", "core.quotepath=off", "add", ".")
+    tree = db.read_work_tree(str(root), environ)
+    assert tree.clean == {name: hash_object(root / name)}
+    assert [entry.name for entry in os.scandir(root) if entry.is_file()] == [name]
+
+
 def test_read_work_tree_without_git_answer(tmp_path, environ):
     """Not a repository, or no git: nothing is known clean."""
     assert db.read_work_tree(str(tmp_path), environ) == db.WorkTree(str(tmp_path), {})

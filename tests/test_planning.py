@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import io
 import os
+import subprocess
 import threading
 import types
 
@@ -45,6 +46,7 @@ from conftest import (
     two_images,
     utc,
 )
+from conftest import TOOL as EXECUTABLE
 from imagetools import new_layer
 
 db = load_tool()
@@ -700,6 +702,14 @@ def test_context_evidence_only_a_later_change_counts(
     )
     assert db.Planner(registries, context).check(target(IMG)) == evidence
     assert context.calls == ["img"]
+
+
+def test_context_evidence_image_created_at_the_epoch():
+    """An image created at 1970-01-01 (a reproducible build without the
+    label) is older than any change."""
+    change = db.ContextChange(T_CREATED, by_commit=True)
+    evidence = db.context_evidence(db.Evidence(None, 0.0, True), change)
+    assert evidence == db.Evidence(GIT, 0.0, True, change)
 
 
 def test_context_evidence_keeps_the_registry_finding():
@@ -2650,6 +2660,21 @@ def test_dry_run(world: World) -> None:
     )
     succeeded(result, expected)
     assert world.calls() == []
+
+
+def test_dry_run_into_a_closed_pipe(world: World) -> None:
+    """A reader that has gone away (`| true`) ends the run quietly: no
+    traceback, SIGPIPE's status."""
+    two_images(world)
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"'{EXECUTABLE}' -n --all | true"],
+        cwd=world.root,
+        env=world.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (141, "", "")
 
 
 # ----------------------------------------------------------------------------
