@@ -126,11 +126,6 @@ def img_plan() -> db.Plan:
     return plan_of([IMG], GHCR, lambda image: True)
 
 
-def img_target() -> db.Target:
-    ((_node, decision),) = img_plan().rebuilds()
-    return decision.target
-
-
 @pytest.fixture
 def docker_script(tmp_path):
     """Install `script` as the docker command; return the environment that
@@ -151,8 +146,24 @@ def run_one_at_a_time(plan: db.Plan, environ, dry_run: bool = False):
     return db.BuildRunner(1, environ, dry_run).run_builds(plan)
 
 
-def run_parallel(plan: db.Plan, workers: int, environ):
-    return db.BuildRunner(workers, environ, False).run_builds(plan)
+def run_parallel(
+    plan: db.Plan,
+    workers: int,
+    environ,
+    capsys,
+    status: int,
+    expected: str,
+    closing: str,
+) -> tuple[db.BuildReport, str]:
+    """Run the plan's builds with `workers`: the report has `status` and no
+    message; the output is `expected`'s lines in some order (concurrent
+    builds), then the summary `closing`. Returns the report and output."""
+    report = db.BuildRunner(workers, environ, False).run_builds(plan)
+    assert (report.status, report.message) == (status, None)
+    out = capsys.readouterr().out
+    assert sorted(out.splitlines()) == sorted((expected + closing).splitlines())
+    assert out.endswith(closing)
+    return report, out
 
 
 # ----------------------------------------------------------------------------
@@ -334,6 +345,7 @@ def test_build_cannot_run_docker(tmp_path, capsys):
 
 
 def process_alive(pid: int) -> bool:
+    """Running: a zombie (state Z) has ended."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rpartition(")")[2].split()[0] != "Z"
@@ -377,16 +389,19 @@ def test_build_interrupted_stops_the_process_group(
 
 
 @pytest.mark.parametrize(
-    ("signum", "message"),
+    ("name", "signum", "message"),
     [
-        (9, "ghcr.io/o/img: docker was killed by SIGKILL"),
-        (15, "ghcr.io/o/img: docker was killed by SIGTERM"),
-        (2, "ghcr.io/o/img: docker was killed by SIGINT"),
-        (11, "ghcr.io/o/img: docker was killed by SIGSEGV"),
+        ("img", 9, "ghcr.io/o/img: docker was killed by SIGKILL"),
+        ("img", 15, "ghcr.io/o/img: docker was killed by SIGTERM"),
+        ("img", 2, "ghcr.io/o/img: docker was killed by SIGINT"),
+        ("img", 11, "ghcr.io/o/img: docker was killed by SIGSEGV"),
+        # the name as shown, without an added tag
+        ("tool:2", 9, "ghcr.io/o/tool:2: docker was killed by SIGKILL"),
     ],
 )
-def test_killed_message(signum, message):
-    assert db.killed_message(img_target(), signum) == message
+def test_killed_message(name, signum, message):
+    (target,) = db.image_targets(make_image(name), GHCR)
+    assert db.killed_message(target, signum) == message
 
 
 # ----------------------------------------------------------------------------
@@ -626,30 +641,23 @@ def test_build_jobs_each_target_names_its_own_base():
 # ----------------------------------------------------------------------------
 
 
-def same_lines(out: str, expected: str) -> None:
-    """Concurrent builds: the same lines, in some order."""
-    assert sorted(out.splitlines()) == sorted(expected.splitlines())
-
-
 def test_rebuild_in_parallel_dependent_after_its_base(docker, capsys):
     """b, built on a, starts only once a is built; c runs beside them."""
     plan = forced_plan(
         [("a:0", "NONE"), ("b:0", "$DOCKER_REPOSITORY/a:0"), ("c:0", "NONE")],
         forced=["a:0", "c:0"],
     )
-    environ = {**docker.environ, "NEED_b": "a.done"}
-    report = run_parallel(plan, 2, environ)
-    assert (report.status, report.message) == (0, None)
-    out = capsys.readouterr().out
-    closing = summary("ghcr.io/o/a:0, ghcr.io/o/b:0, ghcr.io/o/c:0")
-    same_lines(
-        out,
+    run_parallel(
+        plan,
+        2,
+        {**docker.environ, "NEED_b": "a.done"},
+        capsys,
+        0,
         block("ghcr.io/o/a:0")
         + block("ghcr.io/o/b:0", "Base image will be rebuilt: ghcr.io/o/a:0")
-        + block("ghcr.io/o/c:0")
-        + closing,
+        + block("ghcr.io/o/c:0"),
+        summary("ghcr.io/o/a:0, ghcr.io/o/b:0, ghcr.io/o/c:0"),
     )
-    assert out.endswith(closing)
     started = docker.started()
     assert sorted(started) == ["a", "b", "c"]
     assert started.index("a") < started.index("b")
@@ -668,23 +676,19 @@ def test_rebuild_in_parallel_failure_skips_dependents(docker, capsys):
             ("e:3", "NONE"),
         ]
     )
-    environ = {**docker.environ, "WAIT_d": "e.started"}
-    report = run_parallel(plan, 2, environ)
-    assert (report.status, report.message) == (7, None)
-    out = capsys.readouterr().out
-    closing = summary(
-        "ghcr.io/o/d:0",
-        "ghcr.io/o/a:7 (exit 7), ghcr.io/o/e:3 (exit 3)",
-        "ghcr.io/o/b:0, ghcr.io/o/c:0",
+    report, _ = run_parallel(
+        plan,
+        2,
+        {**docker.environ, "WAIT_d": "e.started"},
+        capsys,
+        7,
+        block("ghcr.io/o/a:7") + block("ghcr.io/o/d:0") + block("ghcr.io/o/e:3"),
+        summary(
+            "ghcr.io/o/d:0",
+            "ghcr.io/o/a:7 (exit 7), ghcr.io/o/e:3 (exit 3)",
+            "ghcr.io/o/b:0, ghcr.io/o/c:0",
+        ),
     )
-    same_lines(
-        out,
-        block("ghcr.io/o/a:7")
-        + block("ghcr.io/o/d:0")
-        + block("ghcr.io/o/e:3")
-        + closing,
-    )
-    assert out.endswith(closing)
     # d waiting for e, with two workers, shows that e ran while d did;
     # the order the builds write their start in is not fixed
     assert sorted(docker.started()) == ["a", "d", "e"]
@@ -707,22 +711,19 @@ def test_rebuild_in_parallel_concurrent_failure(docker, capsys):
             ("e:0", "$DOCKER_REPOSITORY/d:0"),
         ]
     )
-    report = run_parallel(plan, 3, docker.environ)
-    assert (report.status, report.message) == (7, None)
-    out = capsys.readouterr().out
-    closing = summary(
-        "ghcr.io/o/d:0, ghcr.io/o/e:0",
-        "ghcr.io/o/a:7 (exit 7)",
-        "ghcr.io/o/b:0, ghcr.io/o/c:0",
+    _, out = run_parallel(
+        plan,
+        3,
+        docker.environ,
+        capsys,
+        7,
+        block("ghcr.io/o/a:7") + block("ghcr.io/o/d:0") + block("ghcr.io/o/e:0"),
+        summary(
+            "ghcr.io/o/d:0, ghcr.io/o/e:0",
+            "ghcr.io/o/a:7 (exit 7)",
+            "ghcr.io/o/b:0, ghcr.io/o/c:0",
+        ),
     )
-    expected = (
-        block("ghcr.io/o/a:7")
-        + block("ghcr.io/o/d:0")
-        + block("ghcr.io/o/e:0", "Rebuild triggered by command line")
-        + closing
-    )
-    same_lines(out, expected)
-    assert out.endswith(closing)
     # each build's two lines stay together
     assert (
         "[ghcr.io/o/e:0] building ghcr.io/o/e:0\n[ghcr.io/o/e:0] warning from e\n"
@@ -745,17 +746,15 @@ def test_rebuild_in_parallel_starts_dependent_as_soon_as_base_is_built(docker, c
         "NEED_b": "a.done",
         "WAIT_c": "b.started",
     }
-    report = run_parallel(plan, 2, environ)
-    assert (report.status, report.message) == (0, None)
-    out = capsys.readouterr().out
-    expected = (
-        block("ghcr.io/o/a:0")
-        + block("ghcr.io/o/b:0")
-        + block("ghcr.io/o/c:0")
-        + summary("ghcr.io/o/a:0, ghcr.io/o/b:0, ghcr.io/o/c:0")
+    run_parallel(
+        plan,
+        2,
+        environ,
+        capsys,
+        0,
+        block("ghcr.io/o/a:0") + block("ghcr.io/o/b:0") + block("ghcr.io/o/c:0"),
+        summary("ghcr.io/o/a:0, ghcr.io/o/b:0, ghcr.io/o/c:0"),
     )
-    same_lines(out, expected)
-    assert out.endswith(summary("ghcr.io/o/a:0, ghcr.io/o/b:0, ghcr.io/o/c:0"))
     started = docker.started()
     assert sorted(started) == ["a", "b", "c"]
     assert started.index("a") < started.index("b")
@@ -771,19 +770,18 @@ def test_rebuild_in_parallel_at_most_workers(docker, capsys):
         "STEPS_a": "4",
         "WAIT_b": "c.started",
     }
-    report = run_parallel(plan, 2, environ)
-    assert (report.status, report.message) == (9, None)
-    out = capsys.readouterr().out
-    closing = summary("ghcr.io/o/b:0, ghcr.io/o/c:0", "ghcr.io/o/a:0 (exit 9)")
-    same_lines(
-        out,
-        "*** ghcr.io/o/a:0\nReason: Rebuild triggered by command line\n\n"
-        "[ghcr.io/o/a:0] no c.started\n"
+    run_parallel(
+        plan,
+        2,
+        environ,
+        capsys,
+        9,
+        block("ghcr.io/o/a:0", output=False)
+        + "[ghcr.io/o/a:0] no c.started\n"
         + block("ghcr.io/o/b:0")
-        + block("ghcr.io/o/c:0")
-        + closing,
+        + block("ghcr.io/o/c:0"),
+        summary("ghcr.io/o/b:0, ghcr.io/o/c:0", "ghcr.io/o/a:0 (exit 9)"),
     )
-    assert out.endswith(closing)
     started = docker.started()
     assert (sorted(started[:2]), started[2:]) == (["a", "b"], ["c"])
 
@@ -793,30 +791,28 @@ def test_rebuild_in_parallel_every_repository(docker, capsys):
     plan = forced_plan(
         [("a:4", "NONE"), ("b:0", "$DOCKER_REPOSITORY/a:4"), ("c", "NONE")], REPOS
     )
-    report = run_parallel(plan, 2, docker.environ)
-    assert (report.status, report.message) == (4, None)
-    out = capsys.readouterr().out
-    closing = summary(
-        "docker.io/user/c, ghcr.io/o/c",
-        "docker.io/user/a:4 (exit 4), ghcr.io/o/a:4 (exit 4)",
-        "docker.io/user/b:0, ghcr.io/o/b:0",
-    )
-    same_lines(
-        out,
+    run_parallel(
+        plan,
+        2,
+        docker.environ,
+        capsys,
+        4,
         block("docker.io/user/a:4")
         + block("ghcr.io/o/a:4")
         + block("docker.io/user/c")
-        + block("ghcr.io/o/c")
-        + closing,
+        + block("ghcr.io/o/c"),
+        summary(
+            "docker.io/user/c, ghcr.io/o/c",
+            "docker.io/user/a:4 (exit 4), ghcr.io/o/a:4 (exit 4)",
+            "docker.io/user/b:0, ghcr.io/o/b:0",
+        ),
     )
-    assert out.endswith(closing)
     assert sorted(docker.started()) == ["a", "a", "c", "c"]
 
 
 def test_rebuild_in_parallel_cannot_run_docker(tmp_path, capsys):
     plan = forced_plan([("a", "NONE"), ("b", "$DOCKER_REPOSITORY/a")])
-    environ = {"PATH": str(tmp_path)}
-    report = run_parallel(plan, 2, environ)
+    report = db.BuildRunner(2, {"PATH": str(tmp_path)}, False).run_builds(plan)
     assert (report.status, report.message) == (1, None)
     assert capsys.readouterr().out == (
         "*** ghcr.io/o/a\nReason: Rebuild triggered by command line\n\n"
@@ -830,21 +826,20 @@ def test_rebuild_in_parallel_each_target_names_its_own_base(docker, capsys):
     plan = forced_plan(
         [("a", "NONE"), ("b", "$DOCKER_REPOSITORY/a")], REPOS, ["a:latest"]
     )
-    report = run_parallel(plan, 2, docker.environ)
-    assert (report.status, report.message) == (0, None)
-    out = capsys.readouterr().out
-    closing = summary("docker.io/user/a, ghcr.io/o/a, docker.io/user/b, ghcr.io/o/b")
-    same_lines(
-        out,
+    run_parallel(
+        plan,
+        2,
+        docker.environ,
+        capsys,
+        0,
         block("docker.io/user/a")
         + block("ghcr.io/o/a")
         + block(
             "docker.io/user/b", "Base image will be rebuilt: docker.io/user/a:latest"
         )
-        + block("ghcr.io/o/b", "Base image will be rebuilt: ghcr.io/o/a:latest")
-        + closing,
+        + block("ghcr.io/o/b", "Base image will be rebuilt: ghcr.io/o/a:latest"),
+        summary("docker.io/user/a, ghcr.io/o/a, docker.io/user/b, ghcr.io/o/b"),
     )
-    assert out.endswith(closing)
     assert docker.started() == ["a", "a", "b", "b"]
 
 
@@ -943,11 +938,6 @@ def test_parallel_failure_skips_its_own_repository_only(world: World) -> None:
 # ----------------------------------------------------------------------------
 
 
-def alive(pid: int) -> bool:
-    """Running: a zombie (state Z) has ended."""
-    return process_alive(pid)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 @pytest.mark.parametrize("build_jobs", ["1", "2"])
 def test_interrupt_stops_the_build(world: World, signum: int, build_jobs: str) -> None:
@@ -962,7 +952,7 @@ def test_interrupt_stops_the_build(world: World, signum: int, build_jobs: str) -
     what = "build" if build_jobs == "1" else "builds"
     name = signal.Signals(signum).name
     assert stderr == f"Interrupted by {name}: {what} of {world.ref('app')} stopped\n"
-    assert not alive(pid)
+    assert not process_alive(pid)
 
 
 def test_interrupted_parallel_output_on_one_file(world: World, tmp_path) -> None:
@@ -994,7 +984,7 @@ def test_interrupted_parallel_output_on_one_file(world: World, tmp_path) -> None
         line.startswith(("*** ", "Reason: ", "Interrupted by ")) or line == ""
         for line in lines
     )
-    assert not any(alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
 
 
 def test_json_killed_and_not_built(world: World) -> None:
@@ -1117,6 +1107,24 @@ def test_plan_document_dry_run():
         "images": expected_images({}),
     }
     check_schema(document)
+
+
+def test_plan_document_nothing_to_do():
+    (quiet,) = db.image_graph([QUIET], ["reg.example/a"], lambda image: False)
+    made = db.Plan((decided(quiet, None),))
+    for dry_run in (True, False):
+        document = db.plan_document(made, {}, dry_run)
+        # unchecked and up to date: neither input is known
+        quiet_entry = entry(
+            "quiet", "reg.example/a/quiet:latest", "reg.example/a", "quiet",
+            "alpine:3", "up-to-date", None, None, None,
+            inputs={"recorded": None, "current": None},
+        )  # fmt: skip
+        assert document == {"version": 1, "dry_run": dry_run, "images": [quiet_entry]}
+        check_schema(document)
+    empty = db.plan_document(db.Plan(()), {}, False)
+    assert empty == {"version": 1, "dry_run": False, "images": []}
+    check_schema(empty)
 
 
 def test_plan_document_built_failed_not_built():

@@ -23,6 +23,7 @@ import imagetools
 import pytest
 from conftest import (
     BASE_LAYER,
+    BASE_LAYERS,
     REASON_FILES,
     REASON_GIT,
     T_COMMIT,
@@ -41,7 +42,6 @@ db = load_tool()
 
 AMD = ("linux/amd64",)
 CREATED = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
-BASE_LAYERS = [BASE_LAYER, "sha256:" + "2" * 64]
 COMMITTED = "@1600000000 +0000"  # when the test repositories commit
 
 

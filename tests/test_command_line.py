@@ -67,17 +67,13 @@ def test_positive_float(text, expected):
     assert db.positive_float(text) == expected
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "-0.5", "0.0", "abc", "", "nan", "1s"])
+@pytest.mark.parametrize(
+    "text", ["0", "-1", "-0.5", "0.0", "abc", "", "nan", "1s", "inf", "1e400"]
+)
 def test_positive_float_rejects(text):
     with pytest.raises(argparse.ArgumentTypeError) as info:
         db.positive_float(text)
     assert str(info.value) == f"not a number of seconds up to a day: '{text}'"
-
-
-@pytest.mark.parametrize("text", ["inf", "1e400"])
-def test_positive_float_rejects_infinity(text):
-    with pytest.raises(argparse.ArgumentTypeError):
-        db.positive_float(text)
 
 
 # ----------------------------------------------------------------------------
@@ -219,17 +215,11 @@ def test_exit_status_2(world: World) -> None:
 
 
 @pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    """tmp_path as the working directory, with docker_images holding the
-    name-only image img (directory d), and no DOCKER_LOGIN* or
-    DOCKER_REPOSITORY."""
-    for key in list(os.environ):
-        if key.startswith(("DOCKER_LOGIN", "DOCKER_REPOSITORY")):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "Dockerfile").write_text("FROM alpine\n")
-    (tmp_path / "docker_images").write_text("img\td\n")
+def clean_env(workdir, monkeypatch):
+    """conftest's workdir with docker_images holding the name-only image
+    img (directory d), and no DOCKER_REPOSITORY."""
+    workdir("img\td\n", "d")
+    monkeypatch.delenv("DOCKER_REPOSITORY")
 
 
 @pytest.mark.parametrize(
@@ -357,9 +347,6 @@ def test_main_dry_run_all(clean_env, monkeypatch, capsys, tmp_path):
     DOCKER_REPOSITORY gets the image; nothing is looked up."""
     monkeypatch.setenv("DOCKER_REPOSITORY", "User ghcr.io/o")
     monkeypatch.setenv("DOCKER_LOGIN_A", "ghcr.io u p")
-    monkeypatch.setattr(
-        db.RegistryHost, "fetch_image", lambda *a: pytest.fail("lookup")
-    )
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "imgs").write_text("tool:2\t../d\tNONE\n")
     assert db.main(["-n", "-a", "--dir", "sub", "--file", "imgs"]) == 0

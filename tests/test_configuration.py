@@ -1220,39 +1220,12 @@ def test_target_stage_and_build_arg(world: World) -> None:
     succeeded(world.run("-n"), announced(world.ref("app"), REASON_BASE))
 
 
-def test_undefined_variable_in_from(world: World) -> None:
-    world.write("app/Dockerfile", "ARG BASE\nFROM $BASE\n")
-    world.config("# images", "app\tapp")
-    failed(
-        world.run(),
-        "docker_images line 2: app/Dockerfile line 2: "
-        "FROM uses undefined variable BASE\n",
-    )
-
-
-def test_duplicate_entry_names_both_lines(world: World) -> None:
-    world.dockerfile("app", "scratch")
-    world.config("app\tapp", "# again", "app:latest\tapp")
-    failed(
-        world.run(),
-        "docker_images lines 1 and 3: multiple entries for app:latest\n",
-    )
-    assert world.calls() == []
-
-
 def test_bad_directory(world: World) -> None:
     result = world.run("-C", "nowhere")
     failed(
         result,
         "Can't change directory: [Errno 2] No such file or directory: 'nowhere'\n",
     )
-
-
-def test_repository_not_defined(world: World) -> None:
-    world.dockerfile("app", "scratch")
-    world.config("app\tapp")
-    result = world.run(env={"DOCKER_REPOSITORY": " "})
-    failed(result, "app: Environment variable DOCKER_REPOSITORY is not defined\n")
 
 
 def test_repository_with_a_tag_is_rejected(world: World) -> None:
@@ -1271,25 +1244,79 @@ def test_repository_with_a_tag_is_rejected(world: World) -> None:
 # ----------------------------------------------------------------------------
 
 
-def test_two_entries_pushing_the_same_tag(world: World) -> None:
-    """`tools` in the repository and the same image by its full name push
-    one tag: both lines are named, as Docker compares names."""
-    world.dockerfile("a", "NONE")
-    world.config("tools\ta\tNONE", f"{world.ref('tools')}\ta\tNONE")
-    failed(
-        world.run("-n"),
-        f"docker_images lines 1 and 2: both push {world.ref('tools:latest')}\n",
-    )
+APP = "FROM scratch\nCOPY . /\n"
+NO_BASE = "FROM NONE\nCOPY . /\n"
 
 
-def test_tab_typed_as_spaces(world: World) -> None:
-    world.dockerfile("a", "NONE")
-    world.config("first\ta\tNONE", "second ok", "third\ta\tNONE")
-    failed(
-        world.run("-n"),
-        "docker_images line 2: 'second ok' is neither an image line nor build "
-        "options (a TAB typed as spaces?)\n",
-    )
+@pytest.mark.parametrize(
+    ("files", "lines", "args", "variables", "stderr"),
+    [
+        pytest.param(
+            {"app/Dockerfile": "ARG BASE\nFROM $BASE\n"},
+            ["# images", "app\tapp"],
+            (),
+            {},
+            "docker_images line 2: app/Dockerfile line 2: "
+            "FROM uses undefined variable BASE\n",
+            id="undefined-variable-in-from",
+        ),
+        pytest.param(
+            {"app/Dockerfile": APP},
+            ["app\tapp", "# again", "app:latest\tapp"],
+            (),
+            {},
+            "docker_images lines 1 and 3: multiple entries for app:latest\n",
+            id="duplicate-entry-names-both-lines",
+        ),
+        pytest.param(
+            {"app/Dockerfile": APP},
+            ["app\tapp"],
+            (),
+            {"DOCKER_REPOSITORY": " "},
+            "app: Environment variable DOCKER_REPOSITORY is not defined\n",
+            id="repository-not-defined",
+        ),
+        # `tools` in the repository and the same image by its full name
+        # push one tag: both lines are named, as Docker compares names.
+        pytest.param(
+            {"a/Dockerfile": NO_BASE},
+            ["tools\ta\tNONE", "{namespace}/tools\ta\tNONE"],
+            ("-n",),
+            {},
+            "docker_images lines 1 and 2: both push {namespace}/tools:latest\n",
+            id="two-entries-pushing-the-same-tag",
+        ),
+        pytest.param(
+            {"a/Dockerfile": NO_BASE},
+            ["first\ta\tNONE", "second ok", "third\ta\tNONE"],
+            ("-n",),
+            {},
+            "docker_images line 2: 'second ok' is neither an image line nor "
+            "build options (a TAB typed as spaces?)\n",
+            id="tab-typed-as-spaces",
+        ),
+        pytest.param(
+            {"a/Dockerfile": NO_BASE},
+            ["worker:v2\ta\tNONE"],
+            ("-n", "worker"),
+            {},
+            "Image worker not found in 'docker_images' configuration file "
+            "(entries with another tag: worker:v2)\n",
+            id="unknown-image-names-other-tags",
+        ),
+    ],
+)
+def test_configuration_mistake(
+    world: World, files, lines, args, variables, stderr
+) -> None:
+    """The run fails with one line naming the mistake, and builds nothing;
+    {namespace} is the world's."""
+    for path, text in files.items():
+        world.write(path, text)
+    world.config(*(line.format(namespace=world.namespace) for line in lines))
+    result = world.run(*args, env=variables)
+    failed(result, stderr.format(namespace=world.namespace))
+    assert world.calls() == []
 
 
 def test_byte_order_mark_end_to_end(world: World) -> None:
@@ -1298,16 +1325,6 @@ def test_byte_order_mark_end_to_end(world: World) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert world.run("-n").stdout == (
         f"*** {world.ref('first')}\nReason: Image missing in repository\n\n"
-    )
-
-
-def test_unknown_image_names_other_tags(world: World) -> None:
-    world.dockerfile("a", "NONE")
-    world.config("worker:v2\ta\tNONE")
-    failed(
-        world.run("-n", "worker"),
-        "Image worker not found in 'docker_images' configuration file "
-        "(entries with another tag: worker:v2)\n",
     )
 
 

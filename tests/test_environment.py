@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import trustme
 from conftest import (
-    BASE_LAYER,
+    BASE_LAYERS,
     PASSWORD,
     REASON_GIT,
     ROOT,
@@ -43,7 +43,6 @@ HELPER = ROOT / "tests" / "docker-credential-test"
 HUB = "registry-1.docker.io"
 HUB_KEY = "https://index.docker.io/v1/"  # Docker Hub's key in config.json
 DIGEST = "sha256:" + "0123456789abcdef" * 4
-BASE_LAYERS = [BASE_LAYER, "sha256:" + "2" * 64]
 
 
 def warning(text: str) -> str:

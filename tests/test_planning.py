@@ -34,7 +34,6 @@ from conftest import (
     World,
     announced,
     chain,
-    check_schema,
     expected_chain,
     failed,
     fatal_message,
@@ -91,6 +90,8 @@ def make_image(name, base="NONE", directory="d", platforms=AMD):
 
 IMG = make_image("img", "$DOCKER_REPOSITORY/base:latest")
 MULTI = make_image("img", "$DOCKER_REPOSITORY/base:latest", platforms=BOTH)
+# base, and app built on it in each repository
+BASE_AND_APP = (make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base"))
 
 
 def info(*layers, created=CREATED):
@@ -263,7 +264,6 @@ def test_image_targets():
             ("ghcr.io", "o/base", "latest"),
         ),
     )
-    assert db.image_targets(IMG, []) == ()
     full = make_image("ghcr.io/o/img", base="$DOCKER_REPOSITORY/base:latest")
     (only,) = db.image_targets(full, REPOS)
     assert (only.repository, only.full_name, only.base_name, only.shown_name) == (
@@ -290,11 +290,6 @@ def test_image_targets_repositories():
     assert db.image_targets(img, []) == ()
     full = make_image("ghcr.io/o/img", base="alpine")
     assert [t.repository for t in db.image_targets(full, REPOS)] == [None]
-
-
-def test_killed_message_shows_the_name_without_added_tag():
-    (only,) = db.image_targets(make_image("tool:2"), ["user"])
-    assert db.killed_message(only, 9) == "user/tool:2: docker was killed by SIGKILL"
 
 
 # ----------------------------------------------------------------------------
@@ -372,15 +367,11 @@ def graph_of(images, repositories=GHCR):
 
 
 def test_image_graph_nodes():
-    images = [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")]
-    forced = db.forced_images(["base"], images, "conf", False)
-    assert db.image_graph(images, REPOS, forced) == [
-        db.ImageNode(
-            images[0], 0, db.image_targets(images[0], REPOS), frozenset(), True
-        ),
-        db.ImageNode(
-            images[1], 1, db.image_targets(images[1], REPOS), frozenset({0}), False
-        ),
+    base, app = BASE_AND_APP
+    forced = db.forced_images(["base"], BASE_AND_APP, "conf", False)
+    assert db.image_graph(BASE_AND_APP, REPOS, forced) == [
+        db.ImageNode(base, 0, db.image_targets(base, REPOS), frozenset(), True),
+        db.ImageNode(app, 1, db.image_targets(app, REPOS), frozenset({0}), False),
     ]
 
 
@@ -749,7 +740,6 @@ def test_inputs_label_is_compact_sorted_json():
     assert db.Inputs("c", "o", {}).label == (
         '{"context":"c","images":{},"options":"o","version":1}'
     )
-    assert db.INPUTS_LABEL == "docker_build.inputs"
 
 
 @pytest.mark.parametrize(
@@ -1608,9 +1598,8 @@ def test_plan_full_name(context):
 
 
 def test_plan_all_with_excluded_base(context):
-    images = [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")]
     registries = FakeRegistries({"ghcr.io/o/base:latest": UP_TO_DATE})
-    made = plan(images, GHCR, registries, context, ["base:latest"], True)
+    made = plan(BASE_AND_APP, GHCR, registries, context, ["base:latest"], True)
     assert reasons(made) == [("base", None), ("app", REASON_FORCED)]
 
 
@@ -1630,17 +1619,29 @@ def test_plan_all_with_excluded_dependent(context):
     assert registries.calls == []
 
 
-def test_plan_dependent_checked_on_its_own(context):
-    """A base that is not rebuilt leaves its dependent to its own checks."""
-    images = [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")]
+@pytest.mark.parametrize(
+    ("base_layer", "app_reason", "asked"),
+    [("sha256:b", None, ["base", "app"]), ("sha256:new", REASON_BASE, ["base"])],
+    ids=["up-to-date", "base-changed"],
+)
+def test_plan_dependent_checked_on_its_own(context, base_layer, app_reason, asked):
+    """A base that is not rebuilt leaves its dependent to its own checks:
+    both are looked up; git is asked about each target found up to date."""
     registries = FakeRegistries(
         {
-            "ghcr.io/o/base:latest": info("sha256:new"),
-            "ghcr.io/o/app:latest": info("sha256:old", "sha256:a"),
+            "ghcr.io/o/base:latest": info(base_layer),
+            "ghcr.io/o/app:latest": info("sha256:b", "sha256:a"),
         }
     )
-    made = plan(images, GHCR, registries, context)
-    assert reasons(made) == [("base", None), ("app", REASON_BASE)]
+    made = plan(BASE_AND_APP, GHCR, registries, context)
+    assert reasons(made) == [("base", None), ("app", app_reason)]
+    assert registries.calls == [
+        "NONE",
+        "ghcr.io/o/base:latest",
+        "ghcr.io/o/base:latest",
+        "ghcr.io/o/app:latest",
+    ]
+    assert context.calls == asked
 
 
 @pytest.mark.parametrize("explain", [False, True])
@@ -1676,14 +1677,13 @@ def test_plan_explain_checks_no_more_targets(context, explain):
 
 
 def test_plan_explain_keeps_the_evidence(context):
-    images = [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")]
     registries = FakeRegistries(
         {
             "docker.io/user/base:latest": UP_TO_DATE,
             "ghcr.io/o/base:latest": None,
         }
     )
-    made = plan(images, REPOS, registries, context, explain=True)
+    made = plan(BASE_AND_APP, REPOS, registries, context, explain=True)
     checked = db.Evidence(None, T_CREATED, True, BY_COMMIT)
     assert [
         (d.cause.text, d.evidence) for image in made.images for d in image.decisions
@@ -1731,9 +1731,8 @@ def test_plan_forcing_a_repository_base_name(context):
 
 
 def test_plan_forcing_the_base_image_propagates(context):
-    images = [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")]
     registries = FakeRegistries()
-    made = plan(images, REPOS, registries, context, ["base:latest"])
+    made = plan(BASE_AND_APP, REPOS, registries, context, ["base:latest"])
     assert reasons(made) == [
         ("base", REASON_FORCED),
         ("app", "Base image will be rebuilt: docker.io/user/base:latest"),
@@ -1843,25 +1842,6 @@ def test_plan_transitive(context):
     assert context.prefetched == ["top:3", "mid:2", "base:1", "other"]
 
 
-def test_plan_up_to_date_base_and_dependent(context):
-    images = [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")]
-    registries = FakeRegistries(
-        {
-            "ghcr.io/o/base:latest": info("sha256:b"),
-            "ghcr.io/o/app:latest": info("sha256:b", "sha256:a"),
-        }
-    )
-    made = plan(images, GHCR, registries, context)
-    assert reasons(made) == [("base", None), ("app", None)]
-    assert registries.calls == [
-        "NONE",
-        "ghcr.io/o/base:latest",
-        "ghcr.io/o/base:latest",
-        "ghcr.io/o/app:latest",
-    ]
-    assert context.calls == ["base", "app"]
-
-
 ALPINE_DIGEST = "sha256:" + "a" * 64
 
 
@@ -1938,23 +1918,19 @@ def test_plan_fails_on_a_missing_pulled_image():
 # ----------------------------------------------------------------------------
 
 
-def up_to_date_plan(image, position, repositories):
-    """An image left unchecked and not rebuilt."""
-    own = node(image, position, repositories)
-    return db.ImagePlan(own, tuple(db.Decision(t, None) for t in own.targets))
-
-
-def rebuilt_plan(image, position, repositories, cause, bases=frozenset()):
+def decided_plan(image, position, repositories, cause=None, bases=frozenset()):
+    """The image's plan: the same decision, unchecked, for each of its
+    targets (cause None: up to date)."""
     own = node(image, position, repositories, bases)
     return db.ImagePlan(own, tuple(db.Decision(t, cause) for t in own.targets))
 
 
 def test_build_jobs_base_not_rebuilt():
-    base, app = make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")
+    base, app = BASE_AND_APP
     made = db.Plan(
         (
-            up_to_date_plan(base, 0, GHCR),
-            rebuilt_plan(app, 1, GHCR, BASE_CHANGED, frozenset({0})),
+            decided_plan(base, 0, GHCR),
+            decided_plan(app, 1, GHCR, BASE_CHANGED, frozenset({0})),
         )
     )
     (job,) = db.BuildRunner.build_jobs(made)
@@ -1966,7 +1942,7 @@ def test_build_jobs_base_not_rebuilt():
 
 
 def test_build_jobs_nothing_to_rebuild():
-    made = db.Plan((up_to_date_plan(make_image("img"), 0, GHCR),))
+    made = db.Plan((decided_plan(make_image("img"), 0, GHCR),))
     assert db.BuildRunner.build_jobs(made) == []
 
 
@@ -2062,7 +2038,7 @@ def test_build_every_repository_skips_up_to_date(monkeypatch, capsys):
     tool = make_image("tool:2", directory="t")
     other = make_image("other", directory="o")
     made = db.Plan(
-        (up_to_date_plan(other, 1, REPOS), rebuilt_plan(tool, 0, REPOS, MISSING))
+        (decided_plan(other, 1, REPOS), decided_plan(tool, 0, REPOS, MISSING))
     )
     db.BuildRunner(1, {}, False).run_builds(made)
     assert capsys.readouterr().out == (
@@ -2081,7 +2057,7 @@ def test_build_stops_at_first_failure(monkeypatch, capsys):
     images = [make_image(name, directory=name) for name in "abc"]
     made = db.Plan(
         tuple(
-            rebuilt_plan(image, n, ["user"], FORCED) for n, image in enumerate(images)
+            decided_plan(image, n, ["user"], FORCED) for n, image in enumerate(images)
         )
     )
     report = db.BuildRunner(1, {}, False).run_builds(made)
@@ -2101,7 +2077,7 @@ def test_build_stops_at_first_failure(monkeypatch, capsys):
 
 def test_build_in_parallel_nothing_to_build(monkeypatch, capsys):
     monkeypatch.setattr(db.subprocess, "Popen", lambda *a, **k: pytest.fail("built"))
-    made = db.Plan((up_to_date_plan(make_image("img"), 0, GHCR),))
+    made = db.Plan((decided_plan(make_image("img"), 0, GHCR),))
     assert db.BuildRunner(4, {}, False).run_builds(made) == db.BuildReport({}, 0)
     # quiet, for cron: no summary
     assert capsys.readouterr() == ("", "")
@@ -2125,7 +2101,7 @@ DEPENDENTS_ANNOUNCED = (
     ("images", "expected"),
     [
         pytest.param(
-            [make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base")],
+            BASE_AND_APP,
             DEPENDENTS_ANNOUNCED[0],
             id="base-and-app",
         ),
@@ -2154,38 +2130,6 @@ def test_dry_run_each_target_names_its_own_base(context, capsys, images, expecte
     )
     db.BuildRunner(1, {}, True).run_builds(made)
     assert capsys.readouterr().out == expected
-
-
-def test_plan_document_nothing_to_do():
-    quiet = db.Image("quiet", "quiet:latest", "quiet", "alpine:3", (), AMD)
-    made = db.Plan((up_to_date_plan(quiet, 0, ["reg.example/a"]),))
-    for dry_run in (True, False):
-        document = db.plan_document(made, {}, dry_run)
-        assert document == {
-            "version": 1,
-            "dry_run": dry_run,
-            "images": [
-                {
-                    "name": "quiet",
-                    "full_name": "reg.example/a/quiet:latest",
-                    "repository": "reg.example/a",
-                    "directory": "quiet",
-                    "base": "alpine:3",
-                    "platforms": ["linux/amd64"],
-                    "decision": "up-to-date",
-                    "reason": None,
-                    "result": None,
-                    "exit_code": None,
-                    "signal": None,
-                    # unchecked and up to date: neither input is known
-                    "inputs": {"recorded": None, "current": None},
-                }
-            ],
-        }
-        check_schema(document)
-    empty = db.plan_document(db.Plan(()), {}, False)
-    assert empty == {"version": 1, "dry_run": False, "images": []}
-    check_schema(empty)
 
 
 # ----------------------------------------------------------------------------
@@ -2362,7 +2306,7 @@ def test_describe_evidence_needs_both_inputs():
 
 def test_explain_a_decision_without_evidence(capsys):
     """An image left unchecked and not rebuilt is up to date."""
-    db.explain(db.Plan((up_to_date_plan(make_image("img"), 0, REPOS),)))
+    db.explain(db.Plan((decided_plan(make_image("img"), 0, REPOS),)))
     assert capsys.readouterr().err == (
         "docker.io/user/img: not checked; up to date\n"
         "ghcr.io/o/img: not checked; up to date\n"
@@ -2383,7 +2327,7 @@ def test_explain_every_image_on_stderr(context, capsys):
     on NONE or scratch) or why it was not checked."""
     images = [
         make_image("app", "$DOCKER_REPOSITORY/base"),
-        make_image("base"),
+        make_image("base", "scratch"),  # NONE: test_explain_unchecked_targets
         make_image("tool"),
         make_image("ghcr.io/o/full"),
     ]
@@ -2557,36 +2501,29 @@ def test_two_repositories(world: World) -> None:
 # Platforms: every platform an image is built for is checked.
 
 
-def test_arm64_only_image_is_checked_for_arm64(world: World) -> None:
-    base = multi_base(world)
-    world.dockerfile("snmp", base)
-    world.config("snmp\tsnmp\t\t--platform=linux/arm64")
-    world.commit()
-    world.registry.push(
-        world.ref("snmp"),
-        T_IMAGE,
-        {"linux/arm64": [*ARM_LAYERS, new_layer("s")]},
-        index=True,
-    )
-    succeeded(world.run())
-    world.registry.push(
-        base, T_LATER, {"linux/amd64": BASE_LAYERS, "linux/arm64": [new_layer("n")]}
-    )
-    succeeded(world.run("-n"), announced(world.ref("snmp"), REASON_BASE))
-
-
-def test_change_in_one_platform_rebuilds(world: World) -> None:
+@pytest.mark.parametrize(
+    ("option", "platforms"),
+    [
+        ("--platform=linux/arm64", ["linux/arm64"]),
+        ("--platform linux/amd64,linux/arm64", ["linux/amd64", "linux/arm64"]),
+    ],
+    ids=["arm64-only", "two-platforms"],
+)
+def test_change_in_the_arm64_base_rebuilds(
+    world: World, option: str, platforms: list[str]
+) -> None:
+    """An image built for arm64 (alone or with amd64, pushed as an index)
+    is checked for arm64: a change of the base's arm64 image rebuilds it."""
     base = multi_base(world)
     world.dockerfile("app", base)
-    world.config("app\tapp\t\t--platform linux/amd64,linux/arm64")
+    world.config(f"app\tapp\t\t{option}")
     world.commit()
+    base_layers = {"linux/amd64": BASE_LAYERS, "linux/arm64": ARM_LAYERS}
     world.registry.push(
         world.ref("app"),
         T_IMAGE,
-        {
-            "linux/amd64": [*BASE_LAYERS, new_layer("a")],
-            "linux/arm64": [*ARM_LAYERS, new_layer("b")],
-        },
+        {p: [*base_layers[p], new_layer(p)] for p in platforms},
+        index=True,
     )
     succeeded(world.run())
     world.registry.push(

@@ -36,7 +36,7 @@ import requests
 import requests.adapters
 import requests.exceptions
 import urllib3.exceptions
-from conftest import load_tool, response
+from conftest import fatal_message, load_tool, response
 
 db = load_tool()
 
@@ -61,14 +61,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-
-
-def fatal_message(func: Callable[..., Any], *args: Any, code: int = 1) -> str:
-    """Call func, expect db.Fatal with the exit code; return its message."""
-    with pytest.raises(db.Fatal) as info:
-        func(*args)
-    assert info.value.code == code
-    return str(info.value.message)
 
 
 # ----------------------------------------------------------------------------
@@ -367,62 +359,56 @@ def test_probe_https(http):
 
 
 @pytest.mark.parametrize(
-    "host", ["localhost:5000", "localhost", "127.0.0.1:5000", "[::1]:5000"]
+    ("host", "insecure", "error"),
+    [
+        *(
+            (host, (), error)
+            for host in ("localhost:5000", "localhost", "127.0.0.1:5000", "[::1]:5000")
+            for error in (refused, wrong_version)
+        ),
+        # named as insecure, with or without the port
+        ("reg.internal:5000", ("reg.internal",), refused),
+        ("reg.internal:5000", ("reg.internal:5000",), refused),
+    ],
 )
-@pytest.mark.parametrize("error", [refused, wrong_version])
-def test_probe_loopback_falls_back_to_http(http, host, error):
+def test_probe_falls_back_to_http(http, host, insecure, error):
+    """A loopback or insecure registry that fails over HTTPS is probed,
+    and then connected to, over plain HTTP."""
     probe_routes(http, host, error(host))
-    answer, plain = make_host(host, timeout=7.0).probe()
+    registry = make_host(host, timeout=7.0, insecure=insecure)
+    answer, plain = registry.probe()
     assert (answer.url, plain) == (f"http://{host}/v2/", True)
     assert http.calls == [
         ("get", f"https://{host}/v2/", None, 7.0),
         ("get", f"http://{host}/v2/", None, 7.0),
     ]
+    assert registry.connect().url == f"http://{host}"
 
 
-@pytest.mark.parametrize("insecure", [("reg.internal",), ("reg.internal:5000",)])
-def test_probe_insecure_registry_falls_back(http, insecure):
-    probe_routes(http, "reg.internal:5000", refused("reg.internal:5000"))
-    host = make_host("reg.internal:5000", timeout=7.0, insecure=insecure)
-    answer, plain = host.probe()
-    assert (answer.url, plain) == ("http://reg.internal:5000/v2/", True)
-    assert http.calls == [
-        ("get", "https://reg.internal:5000/v2/", None, 7.0),
-        ("get", "http://reg.internal:5000/v2/", None, 7.0),
-    ]
-    assert host.connect().url == "http://reg.internal:5000"
-
-
-def failed_connect(host, error_type, error) -> None:
-    """connect fails with the probe's own error, and remembers nothing."""
-    with pytest.raises(error_type) as info:
-        host.connect()
-    assert info.value is error
-    assert host.connection is None
-
-
-@pytest.mark.parametrize("name", ["reg.example", "reg.example:5000", "10.0.0.1:5000"])
-def test_probe_no_fallback_elsewhere(http, name):
-    error = refused(name)
-    probe_routes(http, name, error)
-    failed_connect(make_host(name, timeout=7.0), requests.ConnectionError, error)
-    assert http.calls == [("get", f"https://{name}/v2/", None, 7.0)]
-
-
-@pytest.mark.parametrize("insecure", [(), ("localhost",), ("localhost:5000",)])
-def test_probe_certificate_error_no_fallback(http, insecure):
-    error = certificate_error("localhost:5000")
-    probe_routes(http, "localhost:5000", error)
-    host = make_host("localhost:5000", timeout=7.0, insecure=insecure)
-    failed_connect(host, requests.exceptions.SSLError, error)
-    assert http.calls == [("get", "https://localhost:5000/v2/", None, 7.0)]
-
-
-def test_probe_insecure_registry_other_port(http):
-    error = refused("reg.internal:5000")
-    probe_routes(http, "reg.internal:5000", error)
-    host = make_host("reg.internal:5000", insecure=("reg.internal:6000",))
-    failed_connect(host, requests.ConnectionError, error)
+@pytest.mark.parametrize(
+    ("host", "insecure", "error"),
+    [
+        ("reg.example", (), refused),
+        ("reg.example:5000", (), refused),
+        ("10.0.0.1:5000", (), refused),
+        ("reg.internal:5000", ("reg.internal:6000",), refused),  # another port
+        # a certificate error is never a reason for plain HTTP
+        ("localhost:5000", (), certificate_error),
+        ("localhost:5000", ("localhost",), certificate_error),
+        ("localhost:5000", ("localhost:5000",), certificate_error),
+    ],
+)
+def test_probe_without_fallback(http, host, insecure, error):
+    """Elsewhere, or after a certificate error, connect fails with the
+    probe's own error, remembers nothing, and tries HTTPS only."""
+    raised = error(host)
+    probe_routes(http, host, raised)
+    registry = make_host(host, timeout=7.0, insecure=insecure)
+    with pytest.raises(type(raised)) as info:
+        registry.connect()
+    assert info.value is raised
+    assert registry.connection is None
+    assert http.calls == [("get", f"https://{host}/v2/", None, 7.0)]
 
 
 # ----------------------------------------------------------------------------
@@ -2381,8 +2367,7 @@ def test_main_jobs_and_cache(
     assert made == [
         ("registries", jobs, path if cached else None, timeout),
         ("contexts", jobs, files if cached else None),
-        ("contexts closed",),  # the plan is made
-        ("contexts closed",),
+        ("contexts closed",),  # after the builds, with the registries
         ("registries closed",),
         ("cache saved", path if cached else None),
         ("hashes saved", files if cached else None),

@@ -20,7 +20,8 @@ import pytest
 import requests
 import trustme
 from conftest import (
-    BASE_LAYER,
+    ARM_LAYERS,
+    BASE_LAYERS,
     PASSWORD,
     REASON_BASE,
     REASON_MISSING,
@@ -31,14 +32,12 @@ from conftest import (
     World,
     announced,
     failed,
+    multi_base,
     succeeded,
     utc,
 )
 from imagetools import new_layer, push_raw_config
 from servers import FaultProxy, free_port
-
-AMD = [BASE_LAYER, "sha256:" + "2" * 64]
-ARM = ["sha256:" + "3" * 64, "sha256:" + "4" * 64]
 
 
 def fails(world: World, result, stderr: str) -> None:
@@ -50,13 +49,6 @@ def fails(world: World, result, stderr: str) -> None:
 def methods(proxy: FaultProxy) -> list[tuple[str, str]]:
     """What the proxy saw, the repository part cut off, in a stable order."""
     return sorted((method, path.rsplit("/", 2)[-2]) for method, path in proxy.seen)
-
-
-def multi_base(world: World) -> str:
-    """base:1 as an index for linux/amd64 and linux/arm64."""
-    base = world.ref("base:1")
-    world.registry.push(base, T_COMMIT, {"linux/amd64": AMD, "linux/arm64": ARM})
-    return base
 
 
 # ----------------------------------------------------------------------------
@@ -404,6 +396,17 @@ def test_forbidden_repository_with_basic_login(auth_registry, world_factory) -> 
 # Requests spared: the digest cache across runs, tokens, connections
 # ----------------------------------------------------------------------------
 
+# What a run asks about app and its base without a cache: one probe, and
+# per image GET of the manifest and of the config (with an empty cache a
+# HEAD would only cost time).
+COLD = [
+    ("GET", "blobs"),
+    ("GET", "blobs"),
+    ("GET", "manifests"),
+    ("GET", "manifests"),
+    ("GET", "v2"),
+]
+
 
 @pytest.mark.also_sequential
 def test_cold_then_warm_run(faulty_world: tuple[World, FaultProxy]) -> None:
@@ -411,15 +414,7 @@ def test_cold_then_warm_run(faulty_world: tuple[World, FaultProxy]) -> None:
     world.up_to_date()
     proxy.seen.clear()
     succeeded(world.run())
-    # per image: GET of the manifest and of the config (with an empty cache
-    # a HEAD would only cost time)
-    assert methods(proxy) == [
-        ("GET", "blobs"),
-        ("GET", "blobs"),
-        ("GET", "manifests"),
-        ("GET", "manifests"),
-        ("GET", "v2"),
-    ]
+    assert methods(proxy) == COLD
     proxy.seen.clear()
     succeeded(world.run())
     assert methods(proxy) == [
@@ -454,13 +449,7 @@ def test_no_cache(faulty_world: tuple[World, FaultProxy]) -> None:
     succeeded(world.run("--no-cache"))
     proxy.seen.clear()
     succeeded(world.run("--no-cache"))
-    assert [m for m in methods(proxy) if m[0] == "GET"] == [
-        ("GET", "blobs"),
-        ("GET", "blobs"),
-        ("GET", "manifests"),
-        ("GET", "manifests"),
-        ("GET", "v2"),
-    ]
+    assert [m for m in methods(proxy) if m[0] == "GET"] == COLD
     assert not (world.root.parent / "cache").exists()
 
 
@@ -557,7 +546,7 @@ def test_missing_base_image(world: World) -> None:
 
 def test_base_without_the_platform(world: World) -> None:
     base = world.ref("base:1")
-    world.registry.push(base, T_COMMIT, AMD)
+    world.registry.push(base, T_COMMIT, BASE_LAYERS)
     world.dockerfile("app", base)
     world.config("app\tapp\t\t--platform=linux/arm64")
     world.commit()
@@ -567,12 +556,14 @@ def test_base_without_the_platform(world: World) -> None:
 def test_multi_arch_index(world: World) -> None:
     """Indexes of several platforms, in any order: linux/amd64 is compared."""
     base = world.ref("base:1")
-    world.registry.push(base, T_COMMIT, AMD, platforms=["linux/arm64", "linux/amd64"])
+    world.registry.push(
+        base, T_COMMIT, BASE_LAYERS, platforms=["linux/arm64", "linux/amd64"]
+    )
     world.dockerfile("app", base)
     world.config("app\tapp")
     world.commit()
     world.registry.push(
-        world.ref("app"), T_IMAGE, [*AMD, new_layer("app")],
+        world.ref("app"), T_IMAGE, [*BASE_LAYERS, new_layer("app")],
         platforms=["linux/amd64", "linux/arm/v7"],
     )  # fmt: skip
     succeeded(world.run())
@@ -580,11 +571,13 @@ def test_multi_arch_index(world: World) -> None:
 
 def test_oci_without_media_types_attestations_and_bare_entries(world: World) -> None:
     base = world.ref("base:1")
-    world.registry.push(base, T_COMMIT, AMD, oci=True, odd_entries=True)
+    world.registry.push(base, T_COMMIT, BASE_LAYERS, oci=True, odd_entries=True)
     world.dockerfile("app", base)
     world.config("app\tapp")
     world.commit()
-    world.registry.push(world.ref("app"), T_IMAGE, [*AMD, new_layer("a")], oci=True)
+    world.registry.push(
+        world.ref("app"), T_IMAGE, [*BASE_LAYERS, new_layer("a")], oci=True
+    )
     succeeded(world.run())
     world.registry.push(
         world.ref("app"), T_IMAGE, [new_layer("other")], oci=True, odd_entries=True
@@ -598,7 +591,10 @@ def test_plain_manifest_of_another_platform_is_missing(world: World) -> None:
     world.config("app\tapp")
     world.commit()
     world.registry.push(
-        world.ref("app"), T_IMAGE, [*ARM, new_layer("a")], platforms=["linux/arm64"]
+        world.ref("app"),
+        T_IMAGE,
+        [*ARM_LAYERS, new_layer("a")],
+        platforms=["linux/arm64"],
     )
     reason = f"{REASON_MISSING} for linux/amd64"
     succeeded(world.run("-n"), announced(world.ref("app"), reason))
