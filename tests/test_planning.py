@@ -1479,7 +1479,8 @@ def test_plan_all_except_named_is_checked(files_context):
         (BASE, AMD),
         (TARGET, AMD),
     ]
-    assert files_context.prefetched == ["img"]
+    # a checked image's context waits for its look-up (none here: a fake)
+    assert files_context.prefetched == []
 
 
 def test_plan_explain_ignores_git_failure_of_decided_target(git_fails):
@@ -1490,7 +1491,7 @@ def test_plan_explain_ignores_git_failure_of_decided_target(git_fails):
     )
     plain = plan([IMG], REPOS, registries, git_fails)
     assert git_fails.calls == []
-    assert git_fails.prefetched == ["img"]
+    assert git_fails.prefetched == []
     explained = plan([IMG], REPOS, registries, git_fails, explain=True)
     assert git_fails.calls == ["img"]
     image = node(IMG)
@@ -1673,7 +1674,7 @@ def test_plan_explain_checks_no_more_targets(context, explain):
         ("ghcr.io/o/base:latest", AMD),
         ("ghcr.io/o/app:latest", AMD),
     ]
-    assert context.prefetched == ["app"]
+    assert context.prefetched == []  # checked: its look-up tells what to ask
 
 
 def test_plan_explain_keeps_the_evidence(context):
@@ -1777,6 +1778,73 @@ def test_plan_names_only_a_base_that_is_rebuilt(context):
     assert registries.calls == ["NONE", "ghcr.io/o/base:latest"]
 
 
+def test_first_push_of_a_dependent_is_missing(context):
+    """An image missing in its repository says so, even when its base is
+    rebuilt in the same run: missing comes first, as in the reference."""
+    images = [make_image("app", "$DOCKER_REPOSITORY/base"), make_image("base")]
+    registries = FakeRegistries(
+        {"ghcr.io/o/base:latest": None, "ghcr.io/o/app:latest": None}
+    )
+    made = plan(images, GHCR, registries, context)
+    assert reasons(made) == [("base", REASON_MISSING), ("app", REASON_MISSING)]
+
+
+class Answered:
+    """Registries whose prefetch answers at once with `found`, or fails."""
+
+    def __init__(self, found=None, error=None):
+        self.future = concurrent.futures.Future()
+        if error:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(found)
+
+    def prefetch(self, wanted):
+        return [self.future]
+
+
+class Started:
+    """ContextChanges recording which question a planner starts."""
+
+    def __init__(self):
+        self.started = []
+
+    def start_digest(self, image):
+        return self.start("digest", image)
+
+    def start_change(self, image):
+        return self.start("change", image)
+
+    def start(self, what, image):
+        self.started.append((what, image.name))
+        done = concurrent.futures.Future()
+        done.set_result(None)
+        return done
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (Answered({"linux/amd64": pushed_with(RECORDED.label)}), [("digest", "img")]),
+        (Answered({"linux/amd64": pushed_with(None)}), [("change", "img")]),
+        (Answered(None), [("digest", "img")]),  # missing: it will be built
+        (Answered({"linux/amd64": None}), [("digest", "img")]),
+        (Answered(error=db.Fatal("down")), []),  # the check meets the error
+    ],
+    ids=["labelled", "unlabelled", "missing", "missing-platform", "failed"],
+)
+def test_plan_prefetches_what_the_check_needs_of_the_context(answer, expected):
+    """Once the pushed image's look-up answers, only what its check will
+    ask of its context is started: the digest (a record to compare, or a
+    build to record) or the time of its last change; none of them when
+    the look-up failed."""
+    contexts = Started()
+    planner = db.Planner(answer, contexts)
+    done = planner.prefetch_context(IMG, answer.prefetch([]))
+    assert done.done()
+    assert contexts.started == expected
+
+
 def test_plan_propagates_without_lookups(context):
     images = [make_image("app", "$DOCKER_REPOSITORY/base"), make_image("base")]
     registries = FakeRegistries({"ghcr.io/o/base:latest": None})
@@ -1810,7 +1878,7 @@ def test_plan_propagates_without_lookups(context):
         ("NONE", AMD),
         ("ghcr.io/o/base:latest", AMD),
     ]
-    assert context.prefetched == ["app", "base"]
+    assert context.prefetched == []  # checked: their look-ups tell what to ask
 
 
 def test_plan_transitive(context):
@@ -1838,8 +1906,9 @@ def test_plan_transitive(context):
         ("NONE", AMD),
         ("ghcr.io/o/other:latest", AMD),
     ]
-    # every context is digested up front, the forced image's too
-    assert context.prefetched == ["top:3", "mid:2", "base:1", "other"]
+    # only the forced image's context is digested up front: its build
+    # records it; the checked images' look-ups tell what their checks need
+    assert context.prefetched == ["base:1"]
 
 
 ALPINE_DIGEST = "sha256:" + "a" * 64
@@ -1900,7 +1969,7 @@ def test_plan_gives_rebuilt_images_their_inputs():
         ("alpine:3", AMD),
         ("alpine:3", AMD),
     ]
-    assert contexts.prefetched == ["app", "tool", "lone", "fine"]
+    assert contexts.prefetched == ["tool"]  # forced
 
 
 def test_plan_fails_on_a_missing_pulled_image():
