@@ -1120,9 +1120,28 @@ def test_context_digest_dockerfile_outside_the_context(tmp_path, environ):
     before = digest_of(context, environ, outside)
     assert before != inside
     outside.write_text("FROM alpine\nRUN true\n")
-    assert digest_of(context, environ, outside) != before
-    os.utime(outside, (1, 7000))
-    assert digest_of(context, environ, outside) == digest_of(context, environ, outside)
+    changed = digest_of(context, environ, outside)
+    assert changed != before
+    os.utime(outside, (1, 7000))  # its time alone is no change
+    assert digest_of(context, environ, outside) == changed
+
+
+def test_context_digest_dockerfile_clean_in_git_is_not_read(
+    contexts_in_and_out, environ
+):
+    """A -f Dockerfile that git tracks, unchanged, counts by its blob id in
+    the index, as the context's own files do."""
+    in_git, plain = contexts_in_and_out
+    other = in_git.parent / "files" / "app.Dockerfile"
+    touch(other, 1000, "FROM alpine\n")
+    git(in_git.parent, "add", "files")
+    git(in_git.parent, "commit", "-q", "-m", "dockerfile")
+    hashes = db.FileHashes(None)
+    digest = digest_of(in_git, environ, other, hashes)
+    assert hashes.reads == 1  # the untracked build.tmp only
+    copy = plain.parent / "app.Dockerfile"
+    touch(copy, 1000, "FROM alpine\n")
+    assert digest == digest_of(plain, environ, copy)
 
 
 def test_context_digest_dockerfile_and_dockerignore_always_count(tmp_path, environ):
