@@ -142,6 +142,58 @@ class FakeSession:
 
 
 # ----------------------------------------------------------------------------
+# Records for in-process tests of planning and building
+# ----------------------------------------------------------------------------
+
+AMD = ("linux/amd64",)
+GHCR = ["ghcr.io/o"]
+REPOS = ["docker.io/user", "ghcr.io/o"]
+
+
+def make_image(
+    name: str,
+    base: str = "NONE",
+    directory: str = "d",
+    options: tuple[str, ...] = (),
+    platforms: tuple[str, ...] = AMD,
+):
+    """An image record as a configuration line would give it."""
+    db = load_tool()
+    return db.Image(
+        name,
+        db.image_add_tag(name),
+        directory,
+        db.image_add_tag(base),
+        options,
+        platforms,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Processes
+# ----------------------------------------------------------------------------
+
+
+def process_running(pid: int) -> bool:
+    """Running: a zombie (state Z) has ended, as a gone process has."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def ended_within(pid: int, seconds: float) -> bool:
+    """Whether the process ends within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while process_running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# ----------------------------------------------------------------------------
 # What a run prints
 # ----------------------------------------------------------------------------
 

@@ -15,15 +15,17 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 import jsonschema
 import pytest
 from conftest import (
+    AMD,
     BASE_LAYERS,
+    GHCR,
     REASON_FORCED,
     REASON_GIT,
+    REPOS,
     T_COMMIT,
     T_LATER,
     TOOL,
@@ -32,8 +34,11 @@ from conftest import (
     block,
     chain,
     check_schema,
+    ended_within,
     expected_chain,
     load_tool,
+    make_image,
+    process_running,
     start_tool,
     summary,
     touch_root,
@@ -43,28 +48,8 @@ from conftest import (
 
 db = load_tool()
 
-AMD = ("linux/amd64",)
 TWO = ("linux/amd64", "linux/arm64")
-GHCR = ["ghcr.io/o"]
-REPOS = ["docker.io/user", "ghcr.io/o"]
 FORCED = db.Cause(db.Reason.FORCED)
-
-
-def make_image(
-    name: str,
-    base: str = "NONE",
-    directory: str = "d",
-    options: tuple[str, ...] = (),
-    platforms: tuple[str, ...] = AMD,
-) -> db.Image:
-    return db.Image(
-        name,
-        db.image_add_tag(name),
-        directory,
-        db.image_add_tag(base),
-        options,
-        platforms,
-    )
 
 
 def decided(node: db.ImageNode, cause: db.Cause | None) -> db.ImagePlan:
@@ -344,15 +329,6 @@ def test_build_cannot_run_docker(tmp_path, capsys):
     assert capsys.readouterr().out == IMG_HEADER
 
 
-def process_alive(pid: int) -> bool:
-    """Running: a zombie (state Z) has ended."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_build_interrupted_stops_the_process_group(
     tmp_path, capfd, docker_script, monkeypatch
 ):
@@ -382,10 +358,7 @@ def test_build_interrupted_stops_the_process_group(
     shell, sleeper = (int(pid) for pid in pids.read_text().split())
     for pid in (shell, sleeper):  # both gone (the sleeper may be a zombie
         # of init for a moment): no signal can reach a live process
-        deadline = time.monotonic() + 5
-        while process_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not process_alive(pid)
+        assert ended_within(pid, 5)
 
 
 @pytest.mark.parametrize(
@@ -952,7 +925,7 @@ def test_interrupt_stops_the_build(world: World, signum: int, build_jobs: str) -
     what = "build" if build_jobs == "1" else "builds"
     name = signal.Signals(signum).name
     assert stderr == f"Interrupted by {name}: {what} of {world.ref('app')} stopped\n"
-    assert not process_alive(pid)
+    assert not process_running(pid)
 
 
 def test_interrupted_parallel_output_on_one_file(world: World, tmp_path) -> None:
@@ -984,7 +957,7 @@ def test_interrupted_parallel_output_on_one_file(world: World, tmp_path) -> None
         line.startswith(("*** ", "Reason: ", "Interrupted by ")) or line == ""
         for line in lines
     )
-    assert not any(process_alive(pid) for pid in pids)
+    assert not any(process_running(pid) for pid in pids)
 
 
 def test_json_killed_and_not_built(world: World) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import imagetools
 import pytest
 from conftest import (
+    AMD,
     BASE_LAYER,
     BASE_LAYERS,
     REASON_FILES,
@@ -40,7 +41,6 @@ from imagetools import new_layer
 
 db = load_tool()
 
-AMD = ("linux/amd64",)
 CREATED = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 COMMITTED = "@1600000000 +0000"  # when the test repositories commit
 

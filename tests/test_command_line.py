@@ -31,8 +31,10 @@ from conftest import (
     announced,
     block,
     check_schema,
+    ended_within,
     fatal_message,
     load_tool,
+    process_running,
     start_tool,
     succeeded,
     summary,
@@ -467,24 +469,6 @@ def test_overlapping_runs(world: World) -> None:
     assert world.run("-n", "--no-wait").returncode == 0
 
 
-def process_state(pid: int) -> str | None:
-    """A process's state letter (Z: a zombie, ended); None: gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return None
-
-
-def ended_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while process_state(pid) not in (None, "Z"):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP])
 def test_killed_run_leaves_no_build_behind(world: World, signum: int) -> None:
     """The tool killed (SIGKILL) or hung up on (SIGHUP) during a build: the
@@ -530,7 +514,7 @@ def test_second_run_waits_for_the_build_of_a_killed_run(
     (line,) = terminated.read_text().splitlines()
     assert line.split()[0] == str(pid)
     assert float(line.split()[1]) - killed < 1.0  # SIGTERM at once
-    if process_state(pid) not in (None, "Z"):
+    if process_running(pid):
         with (
             open(world.root / "docker_images", "rb") as config,
             pytest.raises(BlockingIOError),  # the orphan holds the lock

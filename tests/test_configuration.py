@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    AMD,
     BASE_LAYERS,
     REASON_BASE,
     ROOT,
@@ -31,7 +32,6 @@ from imagetools import new_layer
 
 db = load_tool()
 
-AMD = ("linux/amd64",)
 BOTH = ("linux/amd64", "linux/arm64")
 HUB = "registry-1.docker.io"
 DIGEST = "sha256:" + "0123456789abcdef" * 4

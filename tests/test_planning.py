@@ -21,13 +21,16 @@ import types
 
 import pytest
 from conftest import (
+    AMD,
     ARM_LAYERS,
     BASE_LAYERS,
+    GHCR,
     REASON_BASE,
     REASON_FILES,
     REASON_FORCED,
     REASON_GIT,
     REASON_MISSING,
+    REPOS,
     T_COMMIT,
     T_IMAGE,
     T_LATER,
@@ -38,6 +41,7 @@ from conftest import (
     failed,
     fatal_message,
     load_tool,
+    make_image,
     multi_base,
     rebuilt,
     succeeded,
@@ -53,10 +57,7 @@ db = load_tool()
 UTC = datetime.timezone.utc
 CREATED = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 T_CREATED = CREATED.timestamp()
-AMD = ("linux/amd64",)
 BOTH = ("linux/amd64", "linux/arm64")
-GHCR = ["ghcr.io/o"]
-REPOS = ["docker.io/user", "ghcr.io/o"]
 
 BASE = "ghcr.io/o/base:latest"
 TARGET = "ghcr.io/o/img:latest"
@@ -80,12 +81,6 @@ GHCR_OPTIONS_HEX = "47f8a6e2615fa6700233123f2415518c3a3e5430a23056efb4be4bcb0066
 # When a build directory last changed: a second before CREATED.
 BY_COMMIT = db.ContextChange(T_CREATED - 1, by_commit=True)
 BY_FILES = db.ContextChange(T_CREATED - 1, by_commit=False)
-
-
-def make_image(name, base="NONE", directory="d", platforms=AMD):
-    return db.Image(
-        name, db.image_add_tag(name), directory, db.image_add_tag(base), (), platforms
-    )
 
 
 IMG = make_image("img", "$DOCKER_REPOSITORY/base:latest")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import requests
-from conftest import FakeSession, World, failed, load_tool, response
+from conftest import AMD, FakeSession, World, failed, load_tool, response
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -286,7 +286,6 @@ def test_reference_parser_answers_or_rejects(text: str) -> None:
 # Registries: a reference is looked up once per key
 # ----------------------------------------------------------------------------
 
-AMD = ("linux/amd64",)
 CREATED = datetime.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=datetime.timezone.utc)
 INFO_AMD = {"linux/amd64": db.ImageInfo(CREATED, ("sha256:a", "sha256:b"))}
 

@@ -36,14 +36,13 @@ import requests
 import requests.adapters
 import requests.exceptions
 import urllib3.exceptions
-from conftest import fatal_message, load_tool, response
+from conftest import AMD, fatal_message, load_tool, response
 
 db = load_tool()
 
 UTC = datetime.timezone.utc
 CREATED = datetime.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 CREATED_Z = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
-AMD = ("linux/amd64",)
 BOTH = ("linux/amd64", "linux/arm64")
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 OTHER = "sha256:" + "1" * 64
