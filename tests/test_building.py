@@ -1100,52 +1100,50 @@ def test_plan_document_nothing_to_do():
     check_schema(empty)
 
 
-def test_plan_document_built_failed_not_built():
-    """One at a time: what was not tried after a failure is not-built."""
-    outcomes = {
-        "reg.example/a/base:latest": db.Outcome(db.Result.BUILT, 0),
-        "reg.example/b/base:latest": db.Outcome(db.Result.FAILED, 2),
-    }
-    document = db.plan_document(sample_plan(), outcomes, False)
-    assert document == {
-        "version": 1,
-        "dry_run": False,
-        "images": expected_images(
+@pytest.mark.parametrize(
+    ("outcomes", "results"),
+    [
+        (  # one at a time: what was not tried after a failure is not-built
+            {
+                "reg.example/a/base:latest": db.Outcome(db.Result.BUILT, 0),
+                "reg.example/b/base:latest": db.Outcome(db.Result.FAILED, 2),
+            },
             {
                 "reg.example/a/base:latest": ("built", 0),
                 "reg.example/b/base:latest": ("failed", 2),
                 "reg.example/a/app:latest": ("not-built", None),
                 "reg.example/b/app:latest": ("not-built", None),
                 "ghcr.io/o/full:2": ("not-built", None),
-            }
+            },
         ),
-    }
-    check_schema(document)
-
-
-def test_plan_document_parallel_results():
-    """In parallel: built, killed (by SIGKILL, named) and skipped, which
-    has no exit code."""
-    outcomes = {
-        "reg.example/a/base:latest": db.Outcome(db.Result.BUILT, 0),
-        "reg.example/b/base:latest": db.Outcome(db.Result.KILLED, 137, signum=9),
-        "reg.example/a/app:latest": db.Outcome(db.Result.BUILT, 0),
-        "reg.example/b/app:latest": db.Outcome(db.Result.SKIPPED),
-        "ghcr.io/o/full:2": db.Outcome(db.Result.BUILT, 0),
-    }
-    document = db.plan_document(sample_plan(), outcomes, False)
-    assert document == {
-        "version": 1,
-        "dry_run": False,
-        "images": expected_images(
+        (  # in parallel: killed (by SIGKILL, named), skipped without a code
+            {
+                "reg.example/a/base:latest": db.Outcome(db.Result.BUILT, 0),
+                "reg.example/b/base:latest": db.Outcome(
+                    db.Result.KILLED, 137, signum=9
+                ),
+                "reg.example/a/app:latest": db.Outcome(db.Result.BUILT, 0),
+                "reg.example/b/app:latest": db.Outcome(db.Result.SKIPPED),
+                "ghcr.io/o/full:2": db.Outcome(db.Result.BUILT, 0),
+            },
             {
                 "reg.example/a/base:latest": ("built", 0),
                 "reg.example/b/base:latest": ("killed", 137, "SIGKILL"),
                 "reg.example/a/app:latest": ("built", 0),
                 "reg.example/b/app:latest": ("skipped", None),
                 "ghcr.io/o/full:2": ("built", 0),
-            }
+            },
         ),
+    ],
+    ids=["one-at-a-time", "parallel"],
+)
+def test_plan_document_results(outcomes, results):
+    """Each target's result and exit code, in the README's schema."""
+    document = db.plan_document(sample_plan(), outcomes, False)
+    assert document == {
+        "version": 1,
+        "dry_run": False,
+        "images": expected_images(results),
     }
     check_schema(document)
 
