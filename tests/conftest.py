@@ -342,6 +342,9 @@ class Registry(RegistryServer):
     def config(self, reference: str, platform: str = "linux/amd64") -> dict | None:
         return imagetools.image_config(reference, platform, login=self.login)
 
+    def digest(self, reference: str, platform: str = "linux/amd64") -> str:
+        return imagetools.manifest_digest(reference, platform, login=self.login)
+
 
 def start(directory: Path, tls: Tls, **kwargs) -> Registry:
     server = start_registry(directory, tls, **kwargs)

@@ -186,6 +186,27 @@ def image_config(
         return json.loads(b"".join(registry.pull_blob(digest)))
 
 
+def manifest_digest(
+    reference: str,
+    platform: str = "linux/amd64",
+    login: tuple[str, str] | None = None,
+) -> str:
+    """The digest of the manifest of one platform of an image: the entry's
+    in an index, else the manifest's own."""
+    host, repo, tag = split_reference(reference)
+    with client(host, repo, login) as registry:
+        text, response = registry.get_manifest_and_response(tag)
+        document = json.loads(text)
+        if "manifests" not in document:
+            return response.headers["Docker-Content-Digest"]
+        os_name, _, arch = platform.partition("/")
+        for entry in document["manifests"]:
+            described = entry.get("platform") or {}
+            if (described.get("os"), described.get("architecture")) == (os_name, arch):
+                return entry["digest"]
+        raise KeyError(platform)
+
+
 def push_raw_config(
     reference: str, config: bytes, login: tuple[str, str] | None = None
 ) -> None:

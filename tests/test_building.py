@@ -152,11 +152,16 @@ def run_parallel(
 
 
 # ----------------------------------------------------------------------------
-# build_command: docker buildx build, options in order
+# build_steps: docker buildx build --push, or a build then a push per tag
 # ----------------------------------------------------------------------------
 
 
-def test_build_command_order():
+def argvs(builder, target, inputs=None) -> list[list[str]]:
+    """The command lines of one target's build steps."""
+    return [list(step.argv) for step in db.build_steps(builder, target, inputs)]
+
+
+def test_build_steps_order():
     image = make_image(
         "img",
         base="$DOCKER_REPOSITORY/base:latest",
@@ -164,51 +169,148 @@ def test_build_command_order():
         options=("--platform=linux/amd64", "--no-cache"),
     )
     (target,) = db.image_targets(image, GHCR)
-    assert db.build_command(target) == [
-        "docker",
-        "buildx",
-        "build",
-        "--build-arg",
-        "DOCKER_REPOSITORY=ghcr.io/o",
-        "--platform=linux/amd64",
-        "--no-cache",
-        "--push",
-        "--tag",
-        "ghcr.io/o/img:latest",
-        "ctx/img",
+    assert argvs(db.Builder.BUILDX, target) == [
+        [
+            "docker",
+            "buildx",
+            "build",
+            "--build-arg",
+            "DOCKER_REPOSITORY=ghcr.io/o",
+            "--platform=linux/amd64",
+            "--no-cache",
+            "--push",
+            "--tag",
+            "ghcr.io/o/img:latest",
+            "ctx/img",
+        ]
     ]
 
 
-def test_build_command_plain_base():
+def test_build_steps_plain_base():
     (target,) = db.image_targets(make_image("ghcr.io/o/img:1", "debian:12"), GHCR)
-    assert db.build_command(target) == [
-        "docker",
-        "buildx",
-        "build",
-        "--push",
-        "--tag",
-        "ghcr.io/o/img:1",
-        "d",
+    assert argvs(db.Builder.BUILDX, target) == [
+        ["docker", "buildx", "build", "--push", "--tag", "ghcr.io/o/img:1", "d"]
     ]
 
 
-def test_build_command_with_inputs():
+def test_build_steps_with_inputs():
     """The label recording the inputs comes after the options, before
     --push; without inputs there is none."""
     image = make_image("img", directory="ctx/img", options=("--no-cache",))
     (target,) = db.image_targets(image, GHCR)
     inputs = db.Inputs("sha256:c", "sha256:o", {"ghcr.io/o/tool:1": "sha256:t"})
-    assert db.build_command(target, inputs) == [
+    assert argvs(db.Builder.BUILDX, target, inputs) == [[
         "docker", "buildx", "build", "--no-cache",
         "--label",
         'docker_build.inputs={"context":"sha256:c",'
-        '"images":{"ghcr.io/o/tool:1":"sha256:t"},"options":"sha256:o","version":1}',
+        '"images":{"ghcr.io/o/tool:1":"sha256:t"},"options":"sha256:o","version":2}',
         "--push", "--tag", "ghcr.io/o/img:latest", "ctx/img",
-    ]  # fmt: skip
-    assert db.build_command(target, None) == db.build_command(target) == [
+    ]]  # fmt: skip
+    assert argvs(db.Builder.BUILDX, target) == [[
         "docker", "buildx", "build", "--no-cache",
         "--push", "--tag", "ghcr.io/o/img:latest", "ctx/img",
-    ]  # fmt: skip
+    ]]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("builder", "expected"),
+    [
+        (
+            db.Builder.DOCKER,
+            [
+                [
+                    "docker",
+                    "build",
+                    "--pull",
+                    "--no-cache",
+                    "-t",
+                    "ghcr.io/o/x:1",
+                    "--label",
+                    "L",
+                    "--tag",
+                    "ghcr.io/o/img:latest",
+                    "ctx/img",
+                ],
+                ["docker", "push", "ghcr.io/o/img:latest"],
+                ["docker", "push", "ghcr.io/o/x:1"],
+            ],
+        ),
+        (
+            db.Builder.PODMAN,
+            [
+                [
+                    "podman",
+                    "build",
+                    "--pull=always",
+                    "--no-cache",
+                    "-t",
+                    "ghcr.io/o/x:1",
+                    "--label",
+                    "L",
+                    "--tag",
+                    "ghcr.io/o/img:latest",
+                    "ctx/img",
+                ],
+                ["podman", "push", "ghcr.io/o/img:latest"],
+                ["podman", "push", "ghcr.io/o/x:1"],
+            ],
+        ),
+    ],
+)
+def test_build_steps_without_buildx(builder, expected, monkeypatch):
+    """A build that pulls its base from the registry, with the same options
+    and labels, then a push of every tag; only the pushes leave an image
+    unpushed when they fail."""
+    monkeypatch.setattr(db, "image_labels", lambda inputs: {"L": inputs})
+    image = make_image(
+        "img", directory="ctx/img", options=("--no-cache", "-t", "ghcr.io/o/x:1")
+    )
+    (target,) = db.image_targets(image, GHCR)
+    steps = db.build_steps(builder, target, None)
+    expected[0][expected[0].index("L")] = "L=None"
+    assert [list(step.argv) for step in steps] == expected
+    assert [(step.name, step.pushes) for step in steps] == [
+        (builder.value, False),
+        (f"{builder.value} push", True),
+        (f"{builder.value} push", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "platforms", "refusal"),
+    [
+        ((), ("linux/amd64",), None),
+        (("--cache-from=x", "--secret", "id=a"), ("linux/arm64",), None),
+        (
+            (),
+            ("linux/amd64", "linux/arm64"),
+            "img: builds for linux/amd64,linux/arm64, and {program} makes one"
+            " platform at a time: multi-platform images need docker buildx",
+        ),
+        (
+            ("--provenance=true",),
+            ("linux/amd64",),
+            "img: --provenance needs docker buildx, which {program} is not",
+        ),
+        (
+            ("--build-context", "x=y"),
+            ("linux/amd64",),
+            "img: --build-context needs docker buildx, which {program} is not",
+        ),
+        (
+            ("-otype=local,dest=out",),
+            ("linux/amd64",),
+            "img: -o needs docker buildx, which {program} is not",
+        ),
+    ],
+)
+def test_builder_refusal(options, platforms, refusal):
+    image = make_image("img", options=options, platforms=platforms)
+    (target,) = db.image_targets(image, GHCR)
+    for builder in (db.Builder.DOCKER, db.Builder.PODMAN):
+        expected = refusal and refusal.format(program=f"{builder.value} build")
+        assert db.builder_refusal(builder, target) == expected
+    assert db.builder_refusal(db.Builder.BUILDX, target) is None
 
 
 def inputs_label(option: str) -> dict:
@@ -252,14 +354,15 @@ def test_options_order(world: World) -> None:
     ]  # fmt: skip
     # the tool's own label, after the options, records them as given
     app_inputs, tool_inputs = (inputs_label(label) for label in (app_label, tool_label))
+    base_digest = world.registry.digest(base)
     assert app_inputs == {
-        "version": 1,
+        "version": 2,
         "context": app_inputs["context"],
         "options": db.options_digest(app[2:10]),
-        "images": {},
+        "images": {base: base_digest},  # the base is recorded, scratch is not
     }
     assert tool_inputs == {
-        "version": 1,
+        "version": 2,
         "context": tool_inputs["context"],
         "options": db.options_digest(["--no-cache"]),
         "images": {},
@@ -476,7 +579,7 @@ def test_docker_missing(world: World) -> None:
     env = {"PATH": f"{world.bin}:{os.path.dirname(sys.executable)}"}
     result = world.run("--all", env=env)
     assert result.returncode == 1
-    assert result.stdout == announced(world.ref("app"), REASON_FORCED)
+    assert result.stdout == ""  # found out before the first build
     assert result.stderr == (
         "Can't run docker: [Errno 2] No such file or directory: 'docker'\n"
     )
@@ -1173,13 +1276,13 @@ def test_plan_document_inputs():
     )
     document = db.plan_document(made, {}, True)
     recorded_json = {
-        "version": 1,
+        "version": 2,
         "context": "sha256:c",
         "options": "sha256:o",
         "images": {},
     }
     current_json = {
-        "version": 1,
+        "version": 2,
         "context": "sha256:d",
         "options": "sha256:o",
         "images": {"alpine:3": None},

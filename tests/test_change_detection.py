@@ -118,7 +118,7 @@ def test_glob_regex(pattern, regex):
 
 def rules(*lines, tmp_path):
     (tmp_path / ".dockerignore").write_text("".join(line + "\n" for line in lines))
-    return db.dockerignore_patterns(str(tmp_path))
+    return db.dockerignore_patterns(str(tmp_path / ".dockerignore"))
 
 
 @pytest.mark.parametrize(
@@ -172,18 +172,62 @@ def test_dockerignore_patterns(tmp_path):
     )
     assert [
         (exception, pattern.pattern)
-        for exception, pattern in db.dockerignore_patterns(str(tmp_path))
+        for exception, pattern in db.dockerignore_patterns(
+            str(tmp_path / ".dockerignore")
+        )
     ] == [(False, r"[^/]*\.log"), (True, r"keep\.log"), (False, "build")]
 
 
 def test_dockerignore_patterns_missing_file(tmp_path):
-    assert db.dockerignore_patterns(str(tmp_path)) == []
-    assert db.dockerignore_patterns(str(tmp_path / "missing")) == []
+    assert db.dockerignore_patterns(str(tmp_path / ".dockerignore")) == []
+    assert db.dockerignore_patterns(str(tmp_path)) == []  # a directory
 
 
 def test_dockerignore_patterns_not_utf8(tmp_path):
     (tmp_path / ".dockerignore").write_bytes(b"*.log\n\xff\xfe\n")
-    assert db.dockerignore_patterns(str(tmp_path)) == []
+    assert db.dockerignore_patterns(str(tmp_path / ".dockerignore")) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "dockerfile", "excluded", "sent"),
+    [
+        # the context's .dockerignore, sent itself whatever it says
+        (
+            {".dockerignore": "a\n.dockerignore\nDockerfile\n"},
+            "Dockerfile",
+            ["a"],
+            ["b", ".dockerignore", "Dockerfile"],
+        ),
+        # Dockerfile.dockerignore in place of .dockerignore: both directions
+        (
+            {".dockerignore": "a\n", "Dockerfile.dockerignore": "b\n"},
+            "Dockerfile",
+            ["b"],
+            ["a", ".dockerignore", "Dockerfile.dockerignore"],
+        ),
+        # a -f Dockerfile's own ignore file, beside it in a subdirectory
+        (
+            {".dockerignore": "a\n", "sub/app.Dockerfile.dockerignore": "b\n"},
+            "sub/app.Dockerfile",
+            ["b"],
+            ["a", "sub/app.Dockerfile.dockerignore"],
+        ),
+        # another Dockerfile's ignore file is only a file
+        (
+            {".dockerignore": "a\n", "other.Dockerfile.dockerignore": "b\n"},
+            "Dockerfile",
+            ["a"],
+            ["b", "other.Dockerfile.dockerignore"],
+        ),
+    ],
+)
+def test_context_rules(tmp_path, files, dockerfile, excluded, sent):
+    """BuildKit reads <Dockerfile>.dockerignore in place of .dockerignore."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    rules = db.context_rules(str(tmp_path), str(tmp_path / dockerfile))
+    assert [path for path in excluded + sent if rules.excludes(path)] == excluded
 
 
 # ----------------------------------------------------------------------------
@@ -217,14 +261,31 @@ def test_context_mtime_of_a_walked_tree(tmp_path):
     (tree / "a" / "b" / "f").write_text("x")
     (tree / "g").write_text("y")
     set_tree_mtime(tree, 1000)
-    assert db.context_mtime(str(tree), db.walk_files(str(tree))) == 1000
+    assert (
+        db.context_mtime(str(tree), str(tree / "Dockerfile"), db.walk_files(str(tree)))
+        == 1000
+    )
     os.utime(tree / "a" / "b" / "f", (1, 3000.25))
-    assert db.context_mtime(str(tree), db.walk_files(str(tree))) == 3000.25
+    assert (
+        db.context_mtime(str(tree), str(tree / "Dockerfile"), db.walk_files(str(tree)))
+        == 3000.25
+    )
     os.utime(tree / "a", (1, 4000))  # directories count too
-    assert db.context_mtime(str(tree), db.walk_files(str(tree))) == 4000
+    assert (
+        db.context_mtime(str(tree), str(tree / "Dockerfile"), db.walk_files(str(tree)))
+        == 4000
+    )
     os.utime(tree, (1, 5000))  # and the directory itself
-    assert db.context_mtime(str(tree), db.walk_files(str(tree))) == 5000
-    assert db.context_mtime(str(tree), db.walk_files(str(tree)), root=False) == 4000
+    assert (
+        db.context_mtime(str(tree), str(tree / "Dockerfile"), db.walk_files(str(tree)))
+        == 5000
+    )
+    assert (
+        db.context_mtime(
+            str(tree), str(tree / "Dockerfile"), db.walk_files(str(tree)), root=False
+        )
+        == 4000
+    )
 
 
 def test_context_mtime_honours_dockerignore(tmp_path):
@@ -236,19 +297,38 @@ def test_context_mtime_honours_dockerignore(tmp_path):
     os.utime(tmp_path / "secret", (1, 7000))
     os.utime(tmp_path, (1, 900))
     files = db.walk_files(str(tmp_path))
-    assert db.context_mtime(str(tmp_path), files) == 2000
+    assert db.context_mtime(str(tmp_path), str(tmp_path / "Dockerfile"), files) == 2000
     os.utime(tmp_path, (1, 3000))  # the directory itself counts
-    assert db.context_mtime(str(tmp_path), files) == 3000
-    assert db.context_mtime(str(tmp_path), files, root=False) == 2000
+    assert db.context_mtime(str(tmp_path), str(tmp_path / "Dockerfile"), files) == 3000
+    assert (
+        db.context_mtime(str(tmp_path), str(tmp_path / "Dockerfile"), files, root=False)
+        == 2000
+    )
 
 
 def test_context_mtime_skips_vanished_and_links(tmp_path):
     touch(tmp_path / "f", 1000)
     os.symlink("/nonexistent/target", tmp_path / "link")
     os.utime(tmp_path / "link", (1, 4000), follow_symlinks=False)
-    assert db.context_mtime(str(tmp_path), ["f", "gone", "link"], root=False) == 4000
-    assert db.context_mtime(str(tmp_path), ["gone"], root=False) == 0.0
-    assert db.context_mtime(str(tmp_path), [], root=False) == 0.0
+    assert (
+        db.context_mtime(
+            str(tmp_path),
+            str(tmp_path / "Dockerfile"),
+            ["f", "gone", "link"],
+            root=False,
+        )
+        == 4000
+    )
+    assert (
+        db.context_mtime(
+            str(tmp_path), str(tmp_path / "Dockerfile"), ["gone"], root=False
+        )
+        == 0.0
+    )
+    assert (
+        db.context_mtime(str(tmp_path), str(tmp_path / "Dockerfile"), [], root=False)
+        == 0.0
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -1357,7 +1437,9 @@ def test_label_records_the_inputs(world: World) -> None:
     ]
     recorded = json.loads(value)
     assert sorted(recorded) == ["context", "images", "options", "version"]
-    assert recorded["version"] == 1 and recorded["images"] == {}
+    base = world.ref("base:1")
+    assert recorded["version"] == 2
+    assert recorded["images"] == {base: world.registry.digest(base)}
     assert recorded["context"].startswith("sha256:")
     assert value == json.dumps(recorded, separators=(",", ":"), sort_keys=True)
     config = world.registry.config(world.ref("app"))
