@@ -9,12 +9,14 @@ import dataclasses
 import functools
 import importlib.machinery
 import importlib.util
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +27,15 @@ import imagetools
 import pytest
 import requests
 from servers import (
+    BUSYBOX,
+    DockerEngine,
     FaultProxy,
     RegistryServer,
     Tls,
     TokenServer,
+    engine_unavailable,
     make_tls,
+    start_dockerd,
     start_registry,
 )
 
@@ -546,6 +552,10 @@ WORLDS = (
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
+        "engine: runs against a real Docker Engine (dockerd) and registry",
+    )
+    config.addinivalue_line(
+        "markers",
         "also_sequential: run the test's world with --jobs=1 too "
         "(where concurrent look-ups could change what the test sees)",
     )
@@ -655,6 +665,72 @@ def world_factory(tmp_path: Path, tls: Tls, request) -> Iterator:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+# ----------------------------------------------------------------------------
+# The real Docker Engine (tests marked `engine`)
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+    """A real dockerd, shared by the engine tier. Where it cannot start the
+    tier is skipped with the reason; on CI (CI=true) it fails instead."""
+    why = engine_unavailable()
+    server = None
+    if why is None:
+        try:
+            server = start_dockerd(tmp_path_factory.mktemp("dockerd"))
+        except RuntimeError as err:
+            why = str(err)
+    if server is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the real-engine tier must run on CI: {why}")
+        pytest.skip(why)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def engine_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A plain-HTTP registry on loopback: dockerd's BuildKit speaks plain
+    HTTP to registries on 127.0.0.0/8."""
+    server = start(tmp_path_factory.mktemp("engine_registry"), None)
+    plain_http(server.host)
+    yield server
+    server.stop()
+
+
+def plain_http(host: str) -> None:
+    """The tests' own registry clients reach the host over plain HTTP."""
+    hosts = os.environ.get("TEST_PLAIN_HTTP_HOSTS", "")
+    os.environ["TEST_PLAIN_HTTP_HOSTS"] = f"{hosts} {host}".strip()
+
+
+@pytest.fixture(scope="session")
+def busybox(engine: DockerEngine, engine_registry: Registry) -> str:
+    """A small base image in the registry: busybox and a few of its
+    commands, made from the static binary (no network to pull one)."""
+    reference = f"{engine_registry.host}/busybox:latest"
+    engine.docker("import", "-", reference, input=rootfs_tar({}))
+    engine.docker("push", reference)
+    return reference
+
+
+def rootfs_tar(files: dict[str, bytes]) -> bytes:
+    """A root file system as a tar: /bin/busybox, its commands, `files`."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        archive.add(BUSYBOX, "bin/busybox")
+        for command in ("sh", "cat", "echo", "ls", "true", "false"):
+            link = tarfile.TarInfo(f"bin/{command}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            archive.addfile(link)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session", autouse=True)

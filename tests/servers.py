@@ -1,5 +1,6 @@
 """Servers for the tests and the benchmark: a throwaway CA, the real
-docker-registry, and a fault-injecting HTTPS proxy in front of it."""
+docker-registry, a fault-injecting HTTPS proxy in front of it, and a real
+Docker Engine (dockerd) of the tests' own."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import http.server
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -78,6 +81,7 @@ def start_registry(
     htpasswd: Path | None = None,
     accesslog: bool = False,
     auth: dict | None = None,
+    readonly: bool = False,
 ) -> RegistryServer:
     port = free_port()
     config = {
@@ -89,6 +93,8 @@ def start_registry(
         },
         "http": {"addr": f"127.0.0.1:{port}"},
     }
+    if readonly:  # every push is refused (405)
+        config["storage"]["maintenance"] = {"readonly": {"enabled": True}}
     if tls:
         config["http"]["tls"] = {
             "certificate": str(tls.cert_file),
@@ -434,3 +440,106 @@ def send_json(handler: http.server.BaseHTTPRequestHandler, status: int, data) ->
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
     handler.wfile.write(body)
+
+
+# ----------------------------------------------------------------------------
+# A real Docker Engine
+# ----------------------------------------------------------------------------
+
+# Debian's docker.io client: 20.10 builds with BuildKit without buildx; a
+# newer docker CLI earlier on PATH (say in /usr/local/bin) does not.
+DOCKER_CLIENT = Path("/usr/bin/docker")
+BUSYBOX = Path("/bin/busybox")  # static: the test images' only program
+
+
+@dataclasses.dataclass
+class DockerEngine:
+    """A dockerd of the tests' own: its socket and its process."""
+
+    host: str  # unix://SOCKET, for DOCKER_HOST
+    process: subprocess.Popen
+    log: Path
+
+    def docker(self, *args: str, input: bytes | None = None) -> str:
+        """Run the docker client against this daemon; its stdout."""
+        return self.run(*args, input=input).decode(errors="replace")
+
+    def run(self, *args: str, input: bytes | None = None) -> bytes:
+        """Run the docker client against this daemon; its raw stdout."""
+        result = subprocess.run(
+            [str(DOCKER_CLIENT), *args],
+            env={**os.environ, "DOCKER_HOST": self.host, "DOCKER_BUILDKIT": "1"},
+            input=input,
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"docker {' '.join(args)}: " + result.stderr.decode(errors="replace")
+            )
+        return result.stdout
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def engine_unavailable() -> str | None:
+    """Why a dockerd cannot be started here (None: it can)."""
+    if os.geteuid() != 0:
+        return "the real-engine tests need root to start dockerd"
+    for program in ("dockerd", "containerd", "runc"):
+        if not shutil.which(program):
+            return f"{program} is not installed (apt-get install docker.io)"
+    if not DOCKER_CLIENT.exists():
+        return f"{DOCKER_CLIENT} is not installed (apt-get install docker.io)"
+    if not BUSYBOX.exists():
+        return f"{BUSYBOX} is not installed (apt-get install busybox-static)"
+    return None
+
+
+def start_dockerd(directory: Path) -> DockerEngine:
+    """dockerd with its own data root, exec root and socket; vfs storage,
+    no iptables and no bridge (builds run with --network none)."""
+    # unix socket paths are short: the socket lives in a short temp dir
+    run = Path(tempfile.mkdtemp(prefix="dbe", dir="/tmp"))
+    sock = run / "d.sock"
+    log_path = directory / "dockerd.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - lives with the process
+    process = subprocess.Popen(
+        [
+            "dockerd",
+            "--data-root",
+            str(directory / "data"),
+            "--exec-root",
+            str(run / "exec"),
+            "--pidfile",
+            str(run / "pid"),
+            "-H",
+            f"unix://{sock}",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            "--storage-driver=vfs",
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    engine = DockerEngine(f"unix://{sock}", process, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            engine.docker("version", "--format", "{{.Server.Version}}")
+            return engine
+        except RuntimeError:
+            time.sleep(0.2)
+    engine.stop()
+    tail = log_path.read_text(errors="replace").splitlines()[-3:]
+    raise RuntimeError("dockerd did not start: " + " / ".join(tail))
