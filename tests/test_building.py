@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -1335,3 +1336,132 @@ def test_json_parallel_run_reports_skipped(world: World) -> None:
         ("root", "failed", 4),
         ("leaf", "skipped", None),
     ]
+
+
+# ----------------------------------------------------------------------------
+# Without buildx: docker build, then docker push (the double's build path)
+# ----------------------------------------------------------------------------
+
+
+def headers(stdout: str) -> list[str]:
+    """The rebuild headers of a run's output, without docker's lines."""
+    return re.findall(r"^\*\*\* .*\nReason: .*$", stdout, re.M)
+
+
+NO_BUILDX_NOTE = (
+    "docker_build: docker buildx is missing: "
+    "building with docker build, then docker push\n"
+)
+
+
+def test_without_buildx_same_images_labels_and_decisions(world: World):
+    """Where docker has no buildx: the decisions of a dry run, docker build
+    (BuildKit, --pull) with the same options and labels, then a push per
+    tag, and one note; the images are those buildx makes (reproducible
+    builds, SOURCE_DATE_EPOCH), and the next run finds them up to date."""
+    base = world.ref("base:1")
+    world.registry.push(base, T_COMMIT, BASE_LAYERS)
+    world.dockerfile("root", base)
+    world.dockerfile("leaf", "$DOCKER_REPOSITORY/root")
+    world.config("leaf\tleaf\t--build-arg X=1", "root\troot")
+    world.commit()
+    world.env["SOURCE_DATE_EPOCH"] = str(T_COMMIT)
+    names = [world.ref(name) for name in ("root", "leaf")]
+    predicted = world.run("-n")
+    env = {"DOCKER_DOUBLE_NO_BUILDX": "1"}
+    docker = world.run(env=env)
+    assert (docker.returncode, docker.stderr) == (0, NO_BUILDX_NOTE)
+    assert headers(docker.stdout) == headers(predicted.stdout)
+    calls = world.calls()
+    assert [call["argv"][0] for call in calls] == ["build", "push"] * len(names)
+    assert all(call["env"]["DOCKER_BUILDKIT"] == "1" for call in calls)
+    assert world.run(env=env).stdout == ""
+    pushed = {name: world.registry.digest(name) for name in names}
+    world.log.unlink()
+    buildx = world.run("--all")
+    assert buildx.returncode == 0
+    builds = [call["argv"] for call in calls[0::2]]
+    for build, argv in zip(
+        (call["argv"] for call in world.calls()), builds, strict=True
+    ):
+        assert argv[:2] == ["build", "--pull"]
+        assert build[:2] == ["buildx", "build"]
+        # the same options and labels, in the same order
+        assert argv[2:-3] == build[2:-4]
+    assert {name: world.registry.digest(name) for name in names} == pushed
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "app\tapp\t--platform=linux/amd64,linux/arm64",
+            "app: builds for linux/amd64,linux/arm64, and docker build makes one"
+            " platform at a time: multi-platform images need docker buildx\n",
+        ),
+        (
+            "app\tapp\t--provenance=mode=max",
+            "app: --provenance needs docker buildx, which docker build is not\n",
+        ),
+    ],
+)
+def test_without_buildx_refusals_before_any_build(world: World, line, message):
+    """What docker build cannot do as buildx would: one line, nothing built
+    (a dry run with --build-with docker says the same, asking docker
+    nothing)."""
+    world.dockerfile("app", "scratch")
+    world.write("base/Dockerfile", "FROM scratch\n")
+    world.config("base\tbase", line)
+    world.commit()
+    result = world.run(env={"DOCKER_DOUBLE_NO_BUILDX": "1"})
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == NO_BUILDX_NOTE + message
+    assert world.calls() == []
+    Path(str(world.log) + ".probes").unlink()
+    dry = world.run("-n", "--build-with", "docker")
+    assert (dry.returncode, dry.stdout, dry.stderr) == (1, "", message)
+    assert not Path(str(world.log) + ".probes").exists()
+
+
+def test_builder_named_by_the_environment(world: World):
+    """DOCKER_BUILD_WITH picks the builder (the option wins); a name it does
+    not know is one line, even when nothing is to be built."""
+    world.up_to_date()
+    result = world.run("--all", env={"DOCKER_BUILD_WITH": "docker"})
+    assert result.returncode == 0
+    assert [call["argv"][0] for call in world.calls()] == ["build", "push"]
+    world.log.unlink()
+    result = world.run(
+        "--all", "--build-with", "buildx", env={"DOCKER_BUILD_WITH": "docker"}
+    )
+    assert [call["argv"][:2] for call in world.calls()] == [["buildx", "build"]]
+    bad = world.run(env={"DOCKER_BUILD_WITH": "kaniko"})
+    assert (bad.returncode, bad.stdout) == (1, "")
+    assert (
+        bad.stderr == "DOCKER_BUILD_WITH: 'kaniko' is none of buildx, docker, podman\n"
+    )
+
+
+def test_without_buildx_push_refused(world: World):
+    """docker build succeeds, docker push fails: the image is reported not
+    pushed, with the push's exit status."""
+    world.up_to_date()
+    env = {"DOCKER_DOUBLE_NO_BUILDX": "1", "DOCKER_DOUBLE_PUSH_FAIL": "app=3"}
+    result = world.run("--all", env=env)
+    assert result.returncode == 3
+    assert result.stderr == (
+        NO_BUILDX_NOTE + f"{world.ref('app')}: built, not pushed: "
+        "docker push failed with exit status 3\n"
+    )
+
+
+def test_without_buildx_no_daemon(world: World):
+    world.up_to_date()
+    env = {"DOCKER_DOUBLE_NO_BUILDX": "1", "DOCKER_DOUBLE_NO_DAEMON": "1"}
+    result = world.run("--all", env={**env, "DOCKER_HOST": "tcp://build:2375"})
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == NO_BUILDX_NOTE + (
+        "docker build needs a Docker daemon: Cannot connect to the Docker daemon at"
+        " tcp://build:2375. Is the docker daemon running? (DOCKER_HOST=tcp://build:2375)\n"
+    )
+    assert world.calls() == []
