@@ -262,7 +262,7 @@ def test_build_steps_without_buildx(builder, expected, monkeypatch):
     """A build that pulls its base from the registry, with the same options
     and labels, then a push of every tag; only the pushes leave an image
     unpushed when they fail."""
-    monkeypatch.setattr(db, "image_labels", lambda inputs: {"L": inputs})
+    monkeypatch.setattr(db, "image_labels", lambda target, inputs: {"L": inputs})
     image = make_image(
         "img", directory="ctx/img", options=("--no-cache", "-t", "ghcr.io/o/x:1")
     )
@@ -346,6 +346,9 @@ def test_options_order(world: World) -> None:
         "--platform=linux/amd64", "--label", "a=b c",
         "--build-arg", "X=1", "--pull",
         "--label", app_label,
+        "--label", f"org.opencontainers.image.base.name={base}",
+        "--label",
+        f"org.opencontainers.image.base.digest={world.registry.digest(base)}",
         "--push", "--tag", world.ref("app:latest"), "app",
     ]  # fmt: skip
     assert tool == [

@@ -1429,7 +1429,13 @@ def test_label_records_the_inputs(world: World) -> None:
     label = argv[argv.index("--label") + 1]
     key, _, value = label.partition("=")
     assert key == "docker_build.inputs"
+    base = world.ref("base:1")
+    base_labels = {
+        "org.opencontainers.image.base.name": base,
+        "org.opencontainers.image.base.digest": world.registry.digest(base),
+    }
     assert argv[argv.index("--label") + 2 :] == [
+        *(arg for item in base_labels.items() for arg in ("--label", "=".join(item))),
         "--push",
         "--tag",
         world.ref("app:latest"),
@@ -1437,13 +1443,13 @@ def test_label_records_the_inputs(world: World) -> None:
     ]
     recorded = json.loads(value)
     assert sorted(recorded) == ["context", "images", "options", "version"]
-    base = world.ref("base:1")
     assert recorded["version"] == 2
     assert recorded["images"] == {base: world.registry.digest(base)}
     assert recorded["context"].startswith("sha256:")
     assert value == json.dumps(recorded, separators=(",", ":"), sort_keys=True)
     config = world.registry.config(world.ref("app"))
-    assert config["config"]["Labels"] == {"docker_build.inputs": value}
+    # the base annotations are read back from the pushed image
+    assert config["config"]["Labels"] == {"docker_build.inputs": value, **base_labels}
 
 
 @pytest.mark.parametrize(

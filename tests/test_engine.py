@@ -198,9 +198,14 @@ def test_first_build_then_nothing(tmp_path, engine, engine_registry, busybox):
     assert graph.out_of_date() == []
     # the label records the base's digest, as looked up
     config = world.registry.config(world.ref("child"))
-    inputs = json.loads(config["config"]["Labels"]["docker_build.inputs"])
+    labels = config["config"]["Labels"]
     base = world.ref("base:latest")
-    assert inputs["images"] == {base: world.registry.digest(base)}
+    assert json.loads(labels["docker_build.inputs"])["images"] == {
+        base: world.registry.digest(base)
+    }
+    # and the base annotations, read back from the pushed image
+    assert labels["org.opencontainers.image.base.name"] == base
+    assert labels["org.opencontainers.image.base.digest"] == world.registry.digest(base)
     pushed = registry_digests(world, ["base", "child", "multi"])
     again = world.run()
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
