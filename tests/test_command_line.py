@@ -6,6 +6,7 @@ else to stderr, the progress line, and signals turned into exit codes."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import fcntl
 import json
 import os
@@ -293,6 +294,8 @@ def test_main_real_run_failure(workdir, docker, monkeypatch, capsys, jobs):
     workdir("b\tb\t$DOCKER_REPOSITORY/a:6\na:6\ta\tNONE\n", "a", "b")
     for key, value in docker.environ.items():
         monkeypatch.setenv(key, value)
+    # no probe of docker before the builds (FAKE_DOCKER would build it)
+    monkeypatch.setenv("DOCKER_BUILD_WITH", "buildx")
     assert db.main(["-a", "--build-jobs", jobs]) == 6
     out = capsys.readouterr().out
     assert out.startswith(block("ghcr.io/o/a:6", output=False))
@@ -423,8 +426,17 @@ def test_main_no_wait_while_another_run_builds(clean_env, capsys, tmp_path):
         held.close()
 
 
+def found_alpine(_host, _reference, platforms, _cache):
+    """RegistryHost.fetch_image: the base alpine:latest of clean_env's img,
+    which a forced image's build records."""
+    created = datetime.datetime.fromtimestamp(T_COMMIT, datetime.timezone.utc)
+    image = db.ImageInfo(created, ("sha256:" + "a" * 64,), "sha256:" + "d" * 64)
+    return dict.fromkeys(platforms, image)
+
+
 def test_main_dry_run_does_not_lock(clean_env, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("DOCKER_REPOSITORY", "user")
+    monkeypatch.setattr(db.RegistryHost, "fetch_image", found_alpine)
     held = db.lock_configuration(str(tmp_path / "docker_images"), False)
     try:
         assert db.main(["-n", "--no-wait", "-a"]) == 0
@@ -438,7 +450,8 @@ def test_main_dry_run_does_not_lock(clean_env, monkeypatch, capsys, tmp_path):
 def test_main_releases_the_lock(clean_env, monkeypatch, tmp_path):
     """The lock is held while building, and free after the run."""
     monkeypatch.setenv("DOCKER_REPOSITORY", "user")
-    monkeypatch.setattr(db.RegistryHost, "fetch_image", lambda *a: None)
+    monkeypatch.setenv("DOCKER_BUILD_WITH", "buildx")  # no probe of docker
+    monkeypatch.setattr(db.RegistryHost, "fetch_image", found_alpine)
     seen = []
 
     def run_builds(runner, plan):
@@ -446,7 +459,7 @@ def test_main_releases_the_lock(clean_env, monkeypatch, tmp_path):
 
     monkeypatch.setattr(db.BuildRunner, "run_builds", run_builds)
     args = db.build_parser().parse_args(["-a", "--no-wait"])
-    with pytest.raises(db.Fatal):  # held while building
+    with pytest.raises(db.Fatal, match="another docker_build run"):  # held
         db.DockerBuild(args, os.environ).run()
     assert seen == []
     # after the run: free
@@ -572,14 +585,15 @@ def test_json_dry_run(world: World) -> None:
                 "directory": "tool",
                 "decision": "rebuild",
                 "reason": REASON_GIT,
-                # what its build would record: no options, no other image
+                # what its build would record: no options, its base's
+                # manifest digest and no other image
                 "inputs": {
                     "recorded": None,
                     "current": {
-                        "version": 1,
+                        "version": 2,
                         "context": current["context"],
                         "options": db.options_digest([]),
-                        "images": {},
+                        "images": {base: world.registry.digest(base)},
                     },
                 },
             },

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import hashlib
 import io
 import os
 import subprocess
@@ -89,17 +90,30 @@ MULTI = make_image("img", "$DOCKER_REPOSITORY/base:latest", platforms=BOTH)
 BASE_AND_APP = (make_image("base"), make_image("app", "$DOCKER_REPOSITORY/base"))
 
 
+def manifest_digest(*layers):
+    """The manifest digest the fake registry gives an image with these
+    layers: another layer is another manifest."""
+    return "sha256:" + hashlib.sha256(" ".join(layers).encode()).hexdigest()
+
+
 def info(*layers, created=CREATED):
-    return db.ImageInfo(created, layers)
+    return db.ImageInfo(created, layers, manifest_digest(*layers))
 
 
 UP_TO_DATE = info("sha256:b")
+# The manifest digest of UP_TO_DATE, the base of most tests.
+BASE_DIGEST = UP_TO_DATE.digest
 
 
-def inputs_of(target, images=None, context=CONTEXT):
+def inputs_of(target, images=None, context=CONTEXT, base=BASE_DIGEST):
     """What a build of the target records: FakeContexts' digest of its
-    context, its options, the digests of the images it pulls."""
-    return db.Inputs(context, db.options_digest(target.options), images or {})
+    context, its options, the digests of the images it pulls: its base
+    (`base`, unless scratch or NONE; `images` may say otherwise), then
+    `images`."""
+    pulled = {} if target.base_name in db.UNTAGGED_BASES else {target.base_name: base}
+    return db.Inputs(
+        context, db.options_digest(target.options), {**pulled, **(images or {})}
+    )
 
 
 def target(image, repository="ghcr.io/o"):
@@ -715,7 +729,10 @@ DIGEST_1 = "sha256:" + "1" * 64
 DIGEST_2 = "sha256:" + "2" * 64
 TOOL = "ghcr.io/o/tool:1"
 LIB = "ghcr.io/o/lib:1"
-RECORDED = db.Inputs(CONTEXT, "sha256:o", {LIB: DIGEST_1, TOOL: DIGEST_2})
+# a build on BASE that pulls LIB and TOOL
+RECORDED = db.Inputs(
+    CONTEXT, "sha256:o", {BASE: BASE_DIGEST, LIB: DIGEST_1, TOOL: DIGEST_2}
+)
 
 
 def test_inputs_label_is_compact_sorted_json():
@@ -730,10 +747,10 @@ def test_inputs_label_is_compact_sorted_json():
     assert inputs.label == (
         '{"context":"sha256:c","images":{"a/lib:1":{"linux/amd64":"sha256:2",'
         '"linux/arm64":"sha256:3"},"z/tool:1":"sha256:1"},"options":"sha256:o",'
-        '"version":1}'
+        '"version":2}'
     )
     assert db.Inputs("c", "o", {}).label == (
-        '{"context":"c","images":{},"options":"o","version":1}'
+        '{"context":"c","images":{},"options":"o","version":2}'
     )
 
 
@@ -752,23 +769,25 @@ def test_inputs_label_round_trip(inputs):
 
 def test_inputs_from_label_reads_what_it_says():
     assert db.Inputs.from_label(
-        '{"version": 1, "options": "o", "context": "c", "images": {"t": "d"}}'
+        '{"version": 2, "options": "o", "context": "c", "images": {"t": "d"}}'
     ) == db.Inputs("c", "o", {"t": "d"})
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        '{"version":2,"context":"c","options":"o","images":{}}',  # newer
+        '{"version":3,"context":"c","options":"o","images":{}}',  # newer
+        # older: version 1 did not record the base
+        '{"version":1,"context":"c","options":"o","images":{}}',
         '{"version":0,"context":"c","options":"o","images":{}}',
-        '{"version":"1","context":"c","options":"o","images":{}}',
+        '{"version":"2","context":"c","options":"o","images":{}}',
         '{"context":"c","options":"o","images":{}}',  # no version
-        '{"version":1,"options":"o","images":{}}',  # no context
-        '{"version":1,"context":"c","images":{}}',  # no options
-        '{"version":1,"context":"c","options":"o"}',  # no images
-        '{"version":1,"context":1,"options":"o","images":{}}',
-        '{"version":1,"context":"c","options":null,"images":{}}',
-        '{"version":1,"context":"c","options":"o","images":[]}',
+        '{"version":2,"options":"o","images":{}}',  # no context
+        '{"version":2,"context":"c","images":{}}',  # no options
+        '{"version":2,"context":"c","options":"o"}',  # no images
+        '{"version":2,"context":1,"options":"o","images":{}}',
+        '{"version":2,"context":"c","options":null,"images":{}}',
+        '{"version":2,"context":"c","options":"o","images":[]}',
         "[1]",
         '"text"',
         "",
@@ -829,8 +848,17 @@ def labelled(label, digest=None):
             },
             None,
         ),
-        # a format this version does not know
-        ({"linux/amd64": labelled('{"version":2}')}, None),
+        # a format this version does not know: newer, or older (version 1
+        # did not record the base)
+        ({"linux/amd64": labelled('{"version":3}')}, None),
+        (
+            {
+                "linux/amd64": labelled(
+                    RECORDED.label.replace('"version":2', '"version":1')
+                )
+            },
+            None,
+        ),
     ],
     ids=[
         "one",
@@ -840,7 +868,8 @@ def labelled(label, digest=None):
         "no-label",
         "empty-label",
         "differ",
-        "unknown-version",
+        "newer-version",
+        "version-1",
     ],
 )
 def test_recorded_inputs(pushed, expected):
@@ -912,7 +941,7 @@ UP_TO_DATE_EVIDENCE = db.Evidence(None, T_CREATED, True)
             dataclasses.replace(RECORDED, options="sha256:p"),
             db.Cause(db.Reason.OPTIONS),
         ),
-        # context first, then options
+        # context first, then options (before the base and the images)
         (
             db.Inputs(OTHER_CONTEXT, "sha256:p", {}),
             db.Cause(db.Reason.CONTEXT),
@@ -921,28 +950,49 @@ UP_TO_DATE_EVIDENCE = db.Evidence(None, T_CREATED, True)
             db.Inputs(CONTEXT, "sha256:p", {}),
             db.Cause(db.Reason.OPTIONS),
         ),
+        # the base differs: before any other image, even one named first
+        (
+            db.Inputs(
+                CONTEXT,
+                "sha256:o",
+                {"a/new:1": "x", BASE: DIGEST_1, LIB: DIGEST_2, TOOL: DIGEST_2},
+            ),
+            db.Cause(db.Reason.BASE),
+        ),
         # an image differs, is added or removed: the first by name
         (
-            db.Inputs(CONTEXT, "sha256:o", {LIB: DIGEST_1, TOOL: DIGEST_1}),
+            db.Inputs(
+                CONTEXT, "sha256:o", {BASE: BASE_DIGEST, LIB: DIGEST_1, TOOL: DIGEST_1}
+            ),
             db.Cause(db.Reason.IMAGE, TOOL),
         ),
         (
-            db.Inputs(CONTEXT, "sha256:o", {LIB: DIGEST_2, TOOL: DIGEST_1}),
+            db.Inputs(
+                CONTEXT, "sha256:o", {BASE: BASE_DIGEST, LIB: DIGEST_2, TOOL: DIGEST_1}
+            ),
             db.Cause(db.Reason.IMAGE, LIB),
         ),
         (
             db.Inputs(
-                CONTEXT, "sha256:o", {LIB: DIGEST_1, TOOL: DIGEST_2, "a/new:1": "x"}
+                CONTEXT,
+                "sha256:o",
+                {BASE: BASE_DIGEST, LIB: DIGEST_1, TOOL: DIGEST_2, "a/new:1": "x"},
             ),
             db.Cause(db.Reason.IMAGE, "a/new:1"),
         ),
         (
-            db.Inputs(CONTEXT, "sha256:o", {LIB: DIGEST_1}),
+            db.Inputs(CONTEXT, "sha256:o", {BASE: BASE_DIGEST, LIB: DIGEST_1}),
             db.Cause(db.Reason.IMAGE, TOOL),
         ),
         (
             db.Inputs(
-                CONTEXT, "sha256:o", {LIB: DIGEST_1, TOOL: {"linux/amd64": DIGEST_2}}
+                CONTEXT,
+                "sha256:o",
+                {
+                    BASE: BASE_DIGEST,
+                    LIB: DIGEST_1,
+                    TOOL: {"linux/amd64": DIGEST_2},
+                },
             ),
             db.Cause(db.Reason.IMAGE, TOOL),
         ),
@@ -953,6 +1003,7 @@ UP_TO_DATE_EVIDENCE = db.Evidence(None, T_CREATED, True)
         "options",
         "context-before-options",
         "options-before-images",
+        "base-before-images",
         "image-differs",
         "first-by-name",
         "image-added",
@@ -963,15 +1014,15 @@ UP_TO_DATE_EVIDENCE = db.Evidence(None, T_CREATED, True)
 def test_inputs_evidence(current, expected):
     """The first input that differs is the finding; the evidence keeps
     both records."""
-    assert db.inputs_evidence(UP_TO_DATE_EVIDENCE, RECORDED, current) == db.Evidence(
-        expected, T_CREATED, True, recorded=RECORDED, current=current
-    )
+    assert db.inputs_evidence(
+        UP_TO_DATE_EVIDENCE, RECORDED, current, BASE
+    ) == db.Evidence(expected, T_CREATED, True, recorded=RECORDED, current=current)
 
 
 def test_inputs_evidence_keeps_the_registry_finding():
     evidence = db.Evidence(BASE_CHANGED, T_CREATED, False)
     current = db.Inputs(OTHER_CONTEXT, "sha256:p", {})
-    assert db.inputs_evidence(evidence, RECORDED, current) == db.Evidence(
+    assert db.inputs_evidence(evidence, RECORDED, current, BASE) == db.Evidence(
         BASE_CHANGED, T_CREATED, False, recorded=RECORDED, current=current
     )
 
@@ -981,6 +1032,7 @@ def test_inputs_evidence_keeps_the_registry_finding():
     [
         (db.Reason.CONTEXT, None, "Build context changed"),
         (db.Reason.OPTIONS, None, "Build options changed"),
+        (db.Reason.BASE, None, REASON_BASE),
         (db.Reason.IMAGE, TOOL, f"Image used by the build changed: {TOOL}"),
     ],
 )
@@ -1148,9 +1200,13 @@ PULLS_TOOL = using(IMG, "$DOCKER_REPOSITORY/tool:1")
         ),
         (
             IMG,
-            db.Inputs(CONTEXT, db.options_digest(["--pull"]), {}),
+            dataclasses.replace(
+                inputs_of(target(IMG)), options=db.options_digest(["--pull"])
+            ),
             db.Cause(db.Reason.OPTIONS),
         ),
+        # the base was pushed again: another manifest on the same layers
+        (IMG, inputs_of(target(IMG), base=DIGEST_1), db.Cause(db.Reason.BASE)),
         (PULLS_TOOL, inputs_of(target(PULLS_TOOL), {TOOL: DIGEST_1}), None),
         (
             PULLS_TOOL,
@@ -1163,13 +1219,21 @@ PULLS_TOOL = using(IMG, "$DOCKER_REPOSITORY/tool:1")
             db.Cause(db.Reason.IMAGE, TOOL),
         ),
     ],
-    ids=["same", "context", "options", "image-same", "image-changed", "image-added"],
+    ids=[
+        "same",
+        "context",
+        "options",
+        "base-changed",
+        "image-same",
+        "image-changed",
+        "image-added",
+    ],
 )
 @pytest.mark.parametrize("explain", [False, True])
 def test_check_labelled_image_compares_inputs(image, recorded, expected, explain):
     """With a record of its inputs an image is decided by them: its
-    context is digested, the images it pulls looked up, and when its
-    directory last changed is never asked."""
+    context is digested, the images it pulls (its base first) looked up,
+    and when its directory last changed is never asked."""
     contexts = FakeContexts()  # a question about times fails the test
     registries = FakeRegistries(
         {
@@ -1184,7 +1248,7 @@ def test_check_labelled_image_compares_inputs(image, recorded, expected, explain
     )
     assert contexts.calls == []
     assert contexts.digested == ["img"]
-    assert registries.calls == [BASE, TARGET, *([TOOL] if image.uses else [])]
+    assert registries.calls == [BASE, TARGET, BASE, *([TOOL] if image.uses else [])]
 
 
 def test_check_labelled_image_needs_no_git(git_fails):
@@ -1231,7 +1295,7 @@ def test_check_labelled_image_with_base_changed(explain):
             T_CREATED,
             False,
             recorded=recorded,
-            current=inputs_of(target(IMG)),
+            current=inputs_of(target(IMG), base=manifest_digest("sha256:new")),
         )
         assert contexts.digested == ["img"]
     else:
@@ -1480,9 +1544,14 @@ def test_plan_all_except_named_is_checked(files_context):
 
 def test_plan_explain_ignores_git_failure_of_decided_target(git_fails):
     """A plain run never waits for git about an image whose base has
-    changed (it is only asked up front): neither does --explain fail on it."""
+    changed (it is only asked up front): neither does --explain fail on it.
+    The unchecked target's base is looked up for what its build records."""
     registries = FakeRegistries(
-        {HUB_BASE: info("sha256:new"), HUB_TARGET: info("sha256:old")}
+        {
+            HUB_BASE: info("sha256:new"),
+            HUB_TARGET: info("sha256:old"),
+            BASE: UP_TO_DATE,
+        }
     )
     plain = plan([IMG], REPOS, registries, git_fails)
     assert git_fails.calls == []
@@ -1498,17 +1567,21 @@ def test_plan_explain_ignores_git_failure_of_decided_target(git_fails):
                 t0,
                 BASE_CHANGED,
                 db.Evidence(BASE_CHANGED, T_CREATED, False),
-                inputs_of(t0),
+                inputs_of(t0, base=manifest_digest("sha256:new")),
             ),
             db.Decision(t1, BASE_CHANGED, None, inputs_of(t1)),
         ),
     )
     assert plain == explained == db.Plan((expected,))
-    assert registries.calls == [HUB_BASE, HUB_TARGET, HUB_BASE, HUB_TARGET]
+    # each run: the first target checked, then each target's base for its
+    # inputs (ghcr.io/o/img itself is never looked up)
+    assert registries.calls == [HUB_BASE, HUB_TARGET, HUB_BASE, BASE] * 2
 
 
 def test_plan_first_repository_decides(files_context):
-    registries = FakeRegistries({HUB_BASE: info("sha256:new"), HUB_TARGET: info("x")})
+    registries = FakeRegistries(
+        {HUB_BASE: info("sha256:new"), HUB_TARGET: info("x"), BASE: UP_TO_DATE}
+    )
     made = plan([IMG], REPOS, registries, files_context)
     (image,) = made.images
     assert [(d.target, d.cause, d.evidence) for d in image.decisions] == [
@@ -1519,7 +1592,9 @@ def test_plan_first_repository_decides(files_context):
             strict=True,
         )
     ]
-    assert registries.calls == [HUB_BASE, HUB_TARGET]
+    # the first target is checked; then each target's base is looked up for
+    # what its build records (the second target is never checked)
+    assert registries.calls == [HUB_BASE, HUB_TARGET, HUB_BASE, BASE]
     # every target was asked for up front; only the first was waited for
     assert registries.prefetched == [
         (HUB_BASE, AMD),
@@ -1556,11 +1631,14 @@ def test_plan_second_repository_decides(files_context):
             ),
         ),
     )
-    assert registries.calls == [HUB_BASE, HUB_TARGET, BASE, TARGET]
+    # both checked, then their bases looked up for what their builds record
+    assert registries.calls == [HUB_BASE, HUB_TARGET, BASE, TARGET, HUB_BASE, BASE]
 
 
-def test_plan_forced_without_lookups(context):
-    registries = FakeRegistries({})
+def test_plan_forced_looks_up_only_its_base(context):
+    """A forced image is not checked: only its base is looked up (and asked
+    for up front), for the digest its build records."""
+    registries = FakeRegistries({HUB_BASE: UP_TO_DATE, BASE: UP_TO_DATE})
     image = node(IMG, forced=True)
     t0, t1 = image.targets
     decisions = (
@@ -1570,11 +1648,11 @@ def test_plan_forced_without_lookups(context):
     expected = db.Plan((db.ImagePlan(image, decisions),))
     assert plan([IMG], REPOS, registries, context, ["img:latest"]) == expected
     assert plan([IMG], REPOS, registries, context, all_flag=True) == expected
-    assert registries.calls == []
+    assert registries.calls == [HUB_BASE, BASE] * 2
     assert context.calls == []
-    # nor anything looked up up front; only its context is digested (its
-    # build records the digest)
-    assert registries.prefetched == []
+    # up front, only its bases are looked up and its context is digested
+    # (its build records both)
+    assert registries.prefetched == [(HUB_BASE, AMD), (BASE, AMD)] * 2
     assert context.prefetched == ["img", "img"]
 
 
@@ -1636,6 +1714,8 @@ def test_plan_dependent_checked_on_its_own(context, base_layer, app_reason, aske
         "ghcr.io/o/base:latest",
         "ghcr.io/o/base:latest",
         "ghcr.io/o/app:latest",
+        # a rebuilt app's base, for what its build records
+        *(["ghcr.io/o/base:latest"] if app_reason else []),
     ]
     assert context.calls == asked
 
@@ -1643,13 +1723,15 @@ def test_plan_dependent_checked_on_its_own(context, base_layer, app_reason, aske
 @pytest.mark.parametrize("explain", [False, True])
 def test_plan_explain_checks_no_more_targets(context, explain):
     """--explain cannot change the outcome: the targets after the deciding
-    one are not looked up (ghcr.io/o/app's base is missing: a look-up would
-    fail the run)."""
+    one are not checked (ghcr.io/o/app is not in the fake registry: a
+    look-up would fail the test); only their base is looked up, for what
+    their build records."""
     images = [make_image("app", "$DOCKER_REPOSITORY/base")]
     registries = FakeRegistries(
         {
             "docker.io/user/base:latest": UP_TO_DATE,
             "docker.io/user/app:latest": info("sha256:x", "sha256:a"),
+            "ghcr.io/o/base:latest": UP_TO_DATE,
         }
     )
     made = plan(images, REPOS, registries, context, explain=explain)
@@ -1659,6 +1741,8 @@ def test_plan_explain_checks_no_more_targets(context, explain):
     assert registries.calls == [
         "docker.io/user/base:latest",
         "docker.io/user/app:latest",
+        "docker.io/user/base:latest",
+        "ghcr.io/o/base:latest",
     ]
     assert context.calls == (["app"] if explain else [])
     # all was asked for up front, in the order of the checks; what is not
@@ -1700,7 +1784,11 @@ def test_plan_forcing_a_base_name_propagates(context):
         make_image("lone", "debian"),
     ]
     registries = FakeRegistries(
-        {"debian:latest": UP_TO_DATE, "ghcr.io/o/lone:latest": UP_TO_DATE}
+        {
+            "alpine:latest": UP_TO_DATE,
+            "debian:latest": UP_TO_DATE,
+            "ghcr.io/o/lone:latest": UP_TO_DATE,
+        }
     )
     made = plan(images, GHCR, registries, context, ["alpine:latest"])
     assert reasons(made) == [
@@ -1754,7 +1842,9 @@ def test_plan_names_only_a_base_that_is_rebuilt(context):
         make_image("app", "$DOCKER_REPOSITORY/base"),
         make_image("ghcr.io/o/base"),
     ]
-    registries = FakeRegistries({"ghcr.io/o/base:latest": None})
+    registries = FakeRegistries(
+        {"ghcr.io/o/base:latest": None, "docker.io/user/base:latest": UP_TO_DATE}
+    )
     made = plan(images, REPOS, registries, context)
     base, app = made.images
     assert (base.node.image.name, [d.cause for d in base.decisions]) == (
@@ -1770,7 +1860,17 @@ def test_plan_names_only_a_base_that_is_rebuilt(context):
         "Base image will be rebuilt: ghcr.io/o/base:latest",
         "Base image will be rebuilt: ghcr.io/o/base:latest",
     ]
-    assert registries.calls == ["NONE", "ghcr.io/o/base:latest"]
+    # docker.io/user/app's own base is looked up only for what its build
+    # records; ghcr.io/o/app's is not yet built
+    assert registries.calls == [
+        "NONE",
+        "ghcr.io/o/base:latest",
+        "docker.io/user/base:latest",
+    ]
+    assert [d.inputs.images for d in app.decisions] == [
+        {"docker.io/user/base:latest": BASE_DIGEST},
+        {"ghcr.io/o/base:latest": None},
+    ]
 
 
 def test_first_push_of_a_dependent_is_missing(context):
@@ -1860,7 +1960,8 @@ def test_plan_propagates_without_lookups(context):
             db.Decision(
                 t0,
                 db.Cause(db.Reason.DEPENDENCY, "ghcr.io/o/base:latest"),
-                inputs=inputs_of(t0),
+                # its base is looked up once it is pushed
+                inputs=inputs_of(t0, {"ghcr.io/o/base:latest": None}),
             ),
         ),
     )
@@ -1892,12 +1993,14 @@ def test_plan_transitive(context):
         ("other", None),
     ]
     assert registries.calls == ["NONE", "ghcr.io/o/other:latest"]
-    # the forced image is not asked for up front
+    # the forced image is not asked for up front, only its base (NONE:
+    # Registries starts no look-up for it)
     assert registries.prefetched == [
         ("ghcr.io/o/mid:2", AMD),
         ("ghcr.io/o/top:3", AMD),
         ("ghcr.io/o/base:1", AMD),
         ("ghcr.io/o/mid:2", AMD),
+        ("NONE", AMD),
         ("NONE", AMD),
         ("ghcr.io/o/other:latest", AMD),
     ]
@@ -2026,14 +2129,24 @@ class FakePopen:
 
 def test_build_bases_first(monkeypatch, capsys, context):
     """A dependent listed before its base is built after it, and without
-    look-ups: its base will be rebuilt."""
+    look-ups: its base will be rebuilt (its digest is looked up when the
+    dependent's build starts, by `complete`)."""
     run = FakePopen()
     monkeypatch.setattr(db.subprocess, "Popen", run)
     registries = FakeRegistries({})
     base_image = make_image("base", directory="b")
     made = plan([IMG, base_image], GHCR, registries, context, ["base:latest"])
     environ = {"K": "V"}
-    assert db.BuildRunner(1, environ, False).run_builds(made) == db.BuildReport(
+    completed = []
+
+    def complete(target, inputs):
+        """Registries.complete, once the base is pushed as DIGEST_1."""
+        completed.append((target.full_name, dict(inputs.images), len(run.calls)))
+        images = {name: digest or DIGEST_1 for name, digest in inputs.images.items()}
+        return dataclasses.replace(inputs, images=images)
+
+    runner = db.BuildRunner(1, environ, False, complete)
+    assert runner.run_builds(made) == db.BuildReport(
         {
             BASE: db.Outcome(db.Result.BUILT, 0),
             TARGET: db.Outcome(db.Result.BUILT, 0),
@@ -2044,39 +2157,48 @@ def test_build_bases_first(monkeypatch, capsys, context):
         "*** ghcr.io/o/img\n"
         "Reason: Base image will be rebuilt: ghcr.io/o/base:latest\n\n\n"
     )
-    # each build records its inputs: the context and options digests
+    # the base's digest is completed once it is pushed, before its
+    # dependent's build
+    assert completed == [(BASE, {}, 0), (TARGET, {BASE: None}, 1)]
+    # each build records its inputs: the context and options digests, and
+    # the base's (none for NONE), also in OCI's base annotations
     assert run.calls == [
         (
-            [
+            (
                 "docker",
                 "buildx",
                 "build",
                 "--label",
                 f'docker_build.inputs={{"context":"{CONTEXT}","images":{{}},'
-                f'"options":"sha256:{NO_OPTIONS_HEX}","version":1}}',
+                f'"options":"sha256:{NO_OPTIONS_HEX}","version":2}}',
                 "--push",
                 "--tag",
                 BASE,
                 "b",
-            ],
+            ),
             environ,
             True,
         ),
         (
-            [
+            (
                 "docker",
                 "buildx",
                 "build",
                 "--build-arg",
                 "DOCKER_REPOSITORY=ghcr.io/o",
                 "--label",
-                f'docker_build.inputs={{"context":"{CONTEXT}","images":{{}},'
-                f'"options":"sha256:{GHCR_OPTIONS_HEX}","version":1}}',
+                f'docker_build.inputs={{"context":"{CONTEXT}",'
+                f'"images":{{"{BASE}":"{DIGEST_1}"}},'
+                f'"options":"sha256:{GHCR_OPTIONS_HEX}","version":2}}',
+                "--label",
+                f"org.opencontainers.image.base.name={BASE}",
+                "--label",
+                f"org.opencontainers.image.base.digest={DIGEST_1}",
                 "--push",
                 "--tag",
                 TARGET,
                 "d",
-            ],
+            ),
             environ,
             True,
         ),
