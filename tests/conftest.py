@@ -300,19 +300,19 @@ def expected_chain(world: World) -> str:
     )
 
 
-def readme_schema() -> dict:
-    """The JSON schema of the --output document, from the README."""
-    text = (ROOT / "README.md").read_text()
+def manual_schema() -> dict:
+    """The JSON schema of the --output document, from docs/usage.md."""
+    text = (ROOT / "docs" / "usage.md").read_text()
     after = text.split("<!-- plan-schema -->", 1)[1]
     body = after.split("```json\n", 1)[1].split("```", 1)[0]
     return json.loads(body)
 
 
 def check_schema(document: dict) -> None:
-    """The document is valid by the README's schema (itself valid)."""
+    """The document is valid by the manual's schema (itself valid)."""
     import jsonschema
 
-    schema = readme_schema()
+    schema = manual_schema()
     validator = jsonschema.Draft202012Validator(schema)
     validator.check_schema(schema)
     validator.validate(document)

@@ -1245,7 +1245,7 @@ def test_plan_document_nothing_to_do():
     ids=["one-at-a-time", "parallel"],
 )
 def test_plan_document_results(outcomes, results):
-    """Each target's result and exit code, in the README's schema."""
+    """Each target's result and exit code, in the manual's schema."""
     document = db.plan_document(sample_plan(), outcomes, False)
     assert document == {
         "version": 1,

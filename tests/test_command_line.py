@@ -123,13 +123,13 @@ def test_json_is_output_json():
 
 
 def test_main_help(capsys, monkeypatch):
-    """The help is the README's usage section, word for word."""
+    """The help is the command-line section of docs/usage.md, word for word."""
     monkeypatch.setenv("COLUMNS", "80")
     with pytest.raises(SystemExit) as info:
         db.main(["--help"])
     assert info.value.code == 0
-    readme = (ROOT / "README.md").read_text()
-    usage = readme.split("## Usage\n\n```\n", 1)[1].split("```\n", 1)[0]
+    manual = (ROOT / "docs" / "usage.md").read_text()
+    usage = manual.split("## Command line\n\n```\n", 1)[1].split("```\n", 1)[0]
     out = capsys.readouterr().out
     assert out == usage
     assert out.startswith("usage: docker_build [--help] [--all] [--dir DIR]")
