@@ -908,3 +908,18 @@ def test_bake_file_takes_no_lock(world: World) -> None:
         )
         document = bake_file(world, "--no-wait")
     assert built_names(document) == [world.ref("app:latest")]
+
+
+def test_bake_file_paths_are_those_of_the_builds(world: World) -> None:
+    """With --dir, the context and Dockerfile are named as the tool's own
+    builds name them: from the directory it changed to."""
+    world.dockerfile("sub/app", "scratch")
+    world.write("sub/files/Dockerfile.app", "FROM scratch\n")
+    world.config("app\tapp\t-f files/Dockerfile.app", name="sub/docker_images")
+    world.commit()
+    document = bake_file(world, "-C", "sub")
+    (target,) = document["target"].values()
+    assert (target["context"], target["dockerfile"]) == (
+        "app",
+        "../files/Dockerfile.app",
+    )
