@@ -191,7 +191,7 @@ def test_main_usage_error(capsys, argv, error):
 
 def test_output_xml_is_a_usage_error(capsys):
     reference = argparse.ArgumentParser(prog="docker_build")
-    reference.add_argument("--output", choices=("text", "json"))
+    reference.add_argument("--output", choices=("text", "json", "bake"))
     with pytest.raises(SystemExit):
         reference.parse_args(["--output", "xml"])
     expected = capsys.readouterr().err.splitlines()[-1]

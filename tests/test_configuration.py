@@ -1304,6 +1304,15 @@ NO_BASE = "FROM NONE\nCOPY . /\n"
             "(entries with another tag: worker:v2)\n",
             id="unknown-image-names-other-tags",
         ),
+        pytest.param(
+            {"a/Dockerfile": NO_BASE},
+            ["{namespace}/one:v2\ta\tNONE"],
+            ("-n", "one:v2"),
+            {},
+            "Image one:v2 not found in 'docker_images' configuration file "
+            "(entries with that name: {namespace}/one:v2)\n",
+            id="unknown-image-short-name-of-a-full-name",
+        ),
     ],
 )
 def test_configuration_mistake(

@@ -333,18 +333,41 @@ def test_forced_images_names_with_or_without_tag(names, expected):
     ("name", "hint"),
     [
         ("tool", " (entries with another tag: tool:2)"),
-        ("img:1", " (entries with another tag: img:latest)"),
+        (  # a base named with $DOCKER_REPOSITORY/ is one named in full
+            "img:1",
+            " (entries with another tag: img:latest;"
+            " entries with that name: $DOCKER_REPOSITORY/img:latest)",
+        ),
+        ("full", " (entries with that name: ghcr.io/o/full:latest)"),
+        ("full:v2", " (entries with that name: ghcr.io/o/full:latest)"),
+        ("o/full", " (entries with that name: ghcr.io/o/full:latest)"),
+        ("ull", ""),  # a name ends after a '/'
         ("scratch", ""),
         ("none", ""),
         ("ghcr.io/o/img", ""),
     ],
 )
 def test_forced_images_unknown(name, hint):
-    """An unknown name is an error; entries that differ only by the tag
-    are named."""
+    """An unknown name is an error; entries that differ only by the tag,
+    and entries named in full that end in the name, are named."""
     assert fatal_message(
         db.forced_images, ["img", name], CONFIG_IMAGES, "conf", False
     ) == (f"Image {name} not found in 'conf' configuration file{hint}")
+
+
+def test_forced_images_unknown_short_name_of_several():
+    """Every entry the name could stand for, each kind of hint sorted."""
+    images = [
+        make_image("one:v1"),
+        make_image("registry.example/b/one:v2"),
+        make_image("ghcr.io/ns/one:v2"),
+        make_image("ghcr.io/ns/someone:v2"),
+    ]
+    assert fatal_message(db.forced_images, ["one"], images, "conf", False) == (
+        "Image one not found in 'conf' configuration file"
+        " (entries with another tag: one:v1;"
+        " entries with that name: ghcr.io/ns/one:v2, registry.example/b/one:v2)"
+    )
 
 
 @pytest.mark.parametrize(
