@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -758,6 +759,7 @@ def test_bake_file_of_a_graph(world: World) -> None:
         f"{r1}/multi", f"{r2}/multi",
     ]  # fmt: skip
     assert world.calls() == []
+    assert not Path(f"{world.log}.probes").exists()  # docker is not asked
     for repository in (r1, r2):
         base = target_pushing(document, f"{repository}/base:latest")
         child = target_pushing(document, f"{repository}/child:latest")
