@@ -1432,3 +1432,17 @@ def test_without_buildx_no_daemon(world: World):
         " tcp://build:2375. Is the docker daemon running? (DOCKER_HOST=tcp://build:2375)\n"
     )
     assert world.calls() == []
+
+
+def test_without_buildx_a_newer_docker_cli(world: World):
+    """docker 23 and later build with BuildKit only through buildx: without
+    it, one line says so before anything is built."""
+    world.up_to_date()
+    env = {"DOCKER_DOUBLE_NO_BUILDX": "1", "DOCKER_DOUBLE_CLIENT": "28.2.2"}
+    result = world.run("--all", env=env)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == NO_BUILDX_NOTE + (
+        "docker 28.2.2 builds with BuildKit only through the buildx plugin,"
+        " which is missing: install it, or use --build-with podman\n"
+    )
+    assert world.calls() == []

@@ -439,7 +439,9 @@ def test_newer_docker_cli_without_buildx(tmp_path, engine, engine_registry, busy
     )
 
 
-def test_times_are_not_the_judge(tmp_path, engine, engine_registry, busybox):
+def test_unlabelled_image_by_the_reference_rules(
+    tmp_path, engine, engine_registry, busybox
+):
     """An image made by hand before the label existed (no record): the
     reference rule decides by times, and the base's last layer."""
     world = engine_world(tmp_path, engine, engine_registry, "unlabelled")
